@@ -1,0 +1,1 @@
+"""Metric definitions, dashboards and alert rules for Paxyo Realtime."""

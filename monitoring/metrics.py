@@ -1,0 +1,59 @@
+"""Prometheus metrics shared by every process type.
+
+Names follow ``paxyo_<subsystem>_<name>_<unit>``; labels are bounded sets (provider id,
+outcome, status class), never an order or user id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    """All metrics of one process, registered on one registry (tests pass a fresh one)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.orders_checked = Counter(
+            "paxyo_orders_checked_total", "Order status observations applied",
+            ["provider"], registry=registry)
+        self.status_transitions = Counter(
+            "paxyo_order_status_transitions_total", "Order status changes",
+            ["from_status", "to_status"], registry=registry)
+        self.unknown_statuses = Counter(
+            "paxyo_order_unknown_status_total", "Provider statuses that map to no known class",
+            ["provider"], registry=registry)
+        self.refunds = Counter(
+            "paxyo_refunds_total", "Refund ledger entries written", ["kind"], registry=registry)
+        self.refund_amount = Counter(
+            "paxyo_refunded_amount_total", "Money refunded, in account currency units",
+            ["kind"], registry=registry)
+        self.provider_requests = Counter(
+            "paxyo_provider_requests_total", "Provider API requests by action and outcome",
+            ["provider", "action", "outcome"], registry=registry)
+        self.provider_latency = Histogram(
+            "paxyo_provider_request_duration_seconds", "Provider API request latency",
+            ["provider", "action"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.provider_bad_entries = Counter(
+            "paxyo_provider_bad_entries_total",
+            "Per-order entries in provider replies that could not be used",
+            ["provider", "reason"], registry=registry)
+        self.events_published = Counter(
+            "paxyo_stream_events_published_total", "Outbox events written to Redis Streams",
+            registry=registry)
+        self.gateway_connections = Gauge(
+            "paxyo_gateway_connections", "Open WebSocket connections", registry=registry)
+        self.events_delivered = Counter(
+            "paxyo_gateway_events_delivered_total", "Events written to WebSocket clients",
+            registry=registry)
+        self.delivery_latency = Histogram(
+            "paxyo_gateway_delivery_latency_seconds",
+            "Event creation to socket write", buckets=DELIVERY_BUCKETS, registry=registry)
+
+
+METRICS = Metrics(REGISTRY)

@@ -1,0 +1,120 @@
+"""The ``paxyo`` command: a thin layer that parses, builds settings and calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from paxyo.logs import configure_logging
+from paxyo.settings import Settings, SettingsError
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "port",
+                                                      "poll_interval")}
+    return Settings.from_env(**overrides)
+
+
+def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from paxyo.store.migrate import current_revision, upgrade
+
+    upgrade(settings.database_url)
+    print(f"database at revision {current_revision(settings.database_url)}")
+    return 0
+
+
+def cmd_check_once(args: argparse.Namespace, settings: Settings) -> int:
+    from paxyo.check_once import run_cycle
+    from paxyo.store.engine import open_engine
+    from paxyo.store.migrate import upgrade
+
+    settings.require_providers()
+    upgrade(settings.database_url)
+    engine = open_engine(settings.database_url)
+    try:
+        summary = asyncio.run(run_cycle(settings, engine, emit=_print_flush))
+    finally:
+        engine.dispose()
+    return 1 if summary.failed_providers else 0
+
+
+def cmd_simulator(args: argparse.Namespace, settings: Settings) -> int:
+    from providers.simulator import run_simulator
+
+    run_simulator(args.host, args.port, args.key, args.seed)
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from wsgateway.server import run_gateway
+
+    settings.require_secrets()
+    run_gateway(settings, host=args.host)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from wsgateway.auth import mint_token
+
+    if not settings.jwt_secret:
+        raise SettingsError("PAXYO_JWT_SECRET", "is required to mint a token")
+    print(mint_token(settings.jwt_secret, args.user_id, ttl=args.ttl))
+    return 0
+
+
+def _print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paxyo", description=__doc__)
+    parser.add_argument("--database-url", help="overrides DATABASE_URL")
+    parser.add_argument("--redis-url", help="overrides REDIS_URL")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply migrations (the release phase)").set_defaults(
+        func=cmd_db_upgrade)
+
+    check = sub.add_parser("check-once", help="one whole status cycle in-process")
+    check.set_defaults(func=cmd_check_once)
+
+    sim = sub.add_parser("simulator", help="run the SMM API v2 provider simulator")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, required=True)
+    sim.add_argument("--key", required=True)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_simulator)
+
+    gw = sub.add_parser("gateway", help="the web process: HTTP API, WebSocket, metrics")
+    gw.add_argument("--host", default="0.0.0.0")
+    gw.add_argument("--port", type=int, help="overrides PORT")
+    gw.set_defaults(func=cmd_gateway)
+
+    token = sub.add_parser("token", help="print a WebSocket token for a user (testing)")
+    token.add_argument("user_id", type=int)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        configure_logging(settings.log_format)
+        return args.func(args, settings)
+    except SettingsError as exc:
+        print(f"paxyo: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Outbox events: written in the same transaction as the change they describe.
+
+An event's id is its outbox row id, zero-padded so that ids also sort as strings. The stored
+payload omits ``type`` and ``id``; :func:`event_bytes` renders the exact bytes every consumer
+receives, so the same event is always the same bytes wherever it is delivered from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from sqlalchemy import insert
+from sqlalchemy.engine import Connection
+
+from paxyo.clock import iso_z
+from paxyo.money import format_money
+from paxyo.store.schema import outbox
+
+ORDER_UPDATED = "order.updated"
+BALANCE_UPDATED = "balance.updated"
+ID_WIDTH = 16
+
+
+def event_id(outbox_id: int) -> str:
+    return str(outbox_id).zfill(ID_WIDTH)
+
+
+def parse_event_id(value: str) -> int | None:
+    """The outbox id behind an event id, or None when it is not one of ours."""
+    value = value.strip()
+    if not value.isdigit() or len(value) > 20:
+        return None
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    outbox_id: int
+    user_id: int
+
+    @property
+    def id(self) -> str:
+        return event_id(self.outbox_id)
+
+
+def record_event(conn: Connection, user_id: int, type_: str, body: dict[str, Any],
+                 at: datetime) -> PendingEvent:
+    """Insert an outbox row for ``body`` (without type and id) in the caller's transaction."""
+    payload = orjson.dumps({**body, "at": iso_z(at)})
+    result = conn.execute(insert(outbox).values(
+        user_id=user_id, type=type_, payload=payload, created_at=at))
+    return PendingEvent(outbox_id=int(result.inserted_primary_key[0]), user_id=user_id)
+
+
+def event_bytes(outbox_id: int, type_: str, payload: bytes) -> bytes:
+    """The event exactly as clients see it: ``{"type":..,"id":..,<payload>}``."""
+    head = orjson.dumps({"type": type_, "id": event_id(outbox_id)})
+    if payload == b"{}":
+        return head
+    return head[:-1] + b"," + payload[1:]
+
+
+def order_event_body(*, order_id: int, user_id: int, status: str, previous_status: str | None,
+                     remains: int | None, quantity: int, refund: Decimal, balance: Decimal,
+                     decimals: int) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "user_id": user_id,
+        "status": status,
+        "previous_status": previous_status,
+        "remains": remains,
+        "quantity": quantity,
+        "refund": format_money(refund, decimals),
+        "balance": format_money(balance, decimals),
+    }
+
+
+def balance_event_body(*, user_id: int, amount: Decimal, balance: Decimal, reason: str,
+                       reference: str | None, decimals: int) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "reason": reason,
+        "amount": format_money(amount, decimals),
+        "reference": reference,
+        "balance": format_money(balance, decimals),
+    }

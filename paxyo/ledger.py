@@ -1,0 +1,111 @@
+"""Accounts and their ledger: the only way a balance changes.
+
+Every credit or debit is a ledger entry with a unique idempotency key, written in the same
+transaction as the balance it changes. Invariant: balance == sum(ledger amounts), always.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from paxyo.money import ZERO
+from paxyo.store.schema import accounts, ledger_entries
+
+
+class EntryKind(enum.StrEnum):
+    DEPOSIT = "deposit"
+    CHARGE = "charge"
+    REFUND = "refund"
+
+
+class InsufficientBalance(Exception):
+    def __init__(self, balance: Decimal, needed: Decimal) -> None:
+        super().__init__(f"insufficient balance: {balance} available, {needed} needed")
+        self.balance = balance
+        self.needed = needed
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    user_id: int
+    kind: str
+    amount: Decimal
+    idempotency_key: str
+    order_id: int | None
+    reference: str | None
+
+
+def ensure_account(conn: Connection, user_id: int, now: datetime) -> None:
+    """Create the account with a zero balance unless it exists (race-free on every dialect)."""
+    values = {"user_id": user_id, "balance": ZERO, "created_at": now, "updated_at": now}
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(accounts).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(accounts).values(**values).on_conflict_do_nothing()
+    elif dialect in ("mysql", "mariadb"):
+        stmt = mysql.insert(accounts).values(**values).prefix_with("IGNORE")
+    else:  # pragma: no cover - only the three dialects above are supported
+        raise RuntimeError(f"unsupported database dialect {dialect}")
+    conn.execute(stmt)
+
+
+def lock_balance(conn: Connection, user_id: int) -> Decimal | None:
+    """The account's balance with its row locked until commit; None if there is no account."""
+    row = conn.execute(
+        select(accounts.c.balance).where(accounts.c.user_id == user_id).with_for_update()
+    ).first()
+    return None if row is None else Decimal(row.balance)
+
+
+def find_entry(conn: Connection, idempotency_key: str) -> LedgerEntry | None:
+    row = conn.execute(
+        select(ledger_entries).where(ledger_entries.c.idempotency_key == idempotency_key)
+    ).first()
+    if row is None:
+        return None
+    return LedgerEntry(row.user_id, row.kind, Decimal(row.amount), row.idempotency_key,
+                       row.order_id, row.reference)
+
+
+def post_entry(conn: Connection, *, balance: Decimal, entry: LedgerEntry, now: datetime,
+               allow_negative: bool = False) -> Decimal:
+    """Write ``entry`` and move the (already locked) balance by its amount; returns the new one.
+
+    A duplicate idempotency key violates the unique index and aborts the transaction: the
+    last line of defence against a double credit.
+    """
+    new_balance = balance + entry.amount
+    if new_balance < 0 and not allow_negative:
+        raise InsufficientBalance(balance, -entry.amount)
+    conn.execute(insert(ledger_entries).values(
+        user_id=entry.user_id, kind=entry.kind, amount=entry.amount,
+        idempotency_key=entry.idempotency_key, order_id=entry.order_id,
+        reference=entry.reference, created_at=now))
+    conn.execute(update(accounts).where(accounts.c.user_id == entry.user_id)
+                 .values(balance=new_balance, updated_at=now))
+    return new_balance
+
+
+def read_balance(conn: Connection, user_id: int) -> Decimal | None:
+    row = conn.execute(select(accounts.c.balance).where(accounts.c.user_id == user_id)).first()
+    return None if row is None else Decimal(row.balance)
+
+
+def ledger_mismatches(conn: Connection) -> list[tuple[int, Decimal, Decimal]]:
+    """Accounts whose balance differs from the sum of their ledger: should always be empty."""
+    sums = (select(ledger_entries.c.user_id, func.sum(ledger_entries.c.amount).label("total"))
+            .group_by(ledger_entries.c.user_id).subquery())
+    rows = conn.execute(
+        select(accounts.c.user_id, accounts.c.balance, func.coalesce(sums.c.total, 0))
+        .select_from(accounts.outerjoin(sums, sums.c.user_id == accounts.c.user_id))
+    ).all()
+    return [(uid, Decimal(bal), Decimal(total)) for uid, bal, total in rows
+            if Decimal(bal) != Decimal(total)]

@@ -1,0 +1,210 @@
+"""Applying provider status observations to orders, exactly once.
+
+For each order the provider answered for, one transaction locks the order row, decides the
+change, credits the refund top-up (if any) through the ledger, updates the balance and writes
+the outbox event. Orders whose answer changes nothing are only rescheduled, in bulk.
+
+A missing id, a per-id error, an unknown status word or a Partial without numeric remains
+never changes money: the order stays open and is checked again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import Engine, and_, bindparam, or_, select, update
+from sqlalchemy.engine import Connection, Row
+
+from monitoring.metrics import METRICS, Metrics
+from paxyo.clock import utcnow
+from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_event
+from paxyo.ledger import EntryKind, LedgerEntry, lock_balance, post_entry
+from paxyo.money import to_money
+from paxyo.refunds import refund_target, refund_top_up
+from paxyo.schedule import next_check_at
+from paxyo.statuses import Status, StatusClass, normalise_status
+from paxyo.store.engine import transactional
+from paxyo.store.schema import orders
+from providers.replies import EntryError, StatusEntry
+
+log = logging.getLogger("paxyo.orders")
+
+OPEN = StatusClass.OPEN.value
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedChange:
+    order_id: int
+    user_id: int
+    previous_status: str
+    status: str
+    remains: int | None
+    refund: Decimal
+    balance: Decimal
+    event: PendingEvent
+
+
+@dataclass
+class ApplyReport:
+    checked: int = 0
+    changes: list[AppliedChange] = field(default_factory=list)
+    unchanged: int = 0
+    no_answer: int = 0      # missing from the reply or a per-id error
+    unknown: int = 0        # a status word we do not know
+    bad_remains: int = 0    # Partial without numeric remains
+    stale: int = 0          # already terminal or observed later by someone else
+
+    def merge(self, other: ApplyReport) -> None:
+        self.checked += other.checked
+        self.changes.extend(other.changes)
+        self.unchanged += other.unchanged
+        self.no_answer += other.no_answer
+        self.unknown += other.unknown
+        self.bad_remains += other.bad_remains
+        self.stale += other.stale
+
+
+@dataclass(frozen=True, slots=True)
+class _Touch:
+    order_id: int
+    review_status: str | None
+
+
+def apply_observations(
+    engine: Engine,
+    provider: str,
+    order_ids: Iterable[int],
+    replies: Mapping[str, StatusEntry | EntryError],
+    *,
+    observed_at: datetime,
+    decimals: int,
+    poll_interval: float,
+    metrics: Metrics = METRICS,
+) -> ApplyReport:
+    """Apply one provider reply (keyed by provider order id) to the given panel orders."""
+    report = ApplyReport()
+    ids = list(order_ids)
+    if not ids:
+        return report
+    with engine.connect() as conn:
+        rows = conn.execute(select(orders).where(orders.c.id.in_(ids))).all()
+    touches: list[_Touch] = []
+    for row in rows:
+        if row.status_class != OPEN or (row.observed_at and row.observed_at > observed_at):
+            report.stale += 1
+            continue
+        report.checked += 1
+        metrics.orders_checked.labels(provider).inc()
+        entry = replies.get(row.provider_order_id)
+        if entry is None or isinstance(entry, EntryError):
+            report.no_answer += 1
+            touches.append(_Touch(row.id, row.review_status))
+            continue
+        status = normalise_status(entry.status)
+        if status.cls is StatusClass.UNKNOWN:
+            report.unknown += 1
+            metrics.unknown_statuses.labels(provider).inc()
+            log.warning("order %s: unknown provider status %r kept open for review",
+                        row.id, entry.status)
+            touches.append(_Touch(row.id, status.name))
+            continue
+        if status.cls is StatusClass.PARTIAL and entry.remains is None:
+            report.bad_remains += 1
+            metrics.provider_bad_entries.labels(provider, "bad_remains").inc()
+            log.warning("order %s: Partial without numeric remains; no refund, checked again",
+                        row.id)
+            touches.append(_Touch(row.id, row.review_status))
+            continue
+        remains = entry.remains if entry.remains is not None else row.remains
+        if status.name == row.status and remains == row.remains:
+            report.unchanged += 1
+            touches.append(_Touch(row.id, None))
+            continue
+        change = transactional(engine, lambda conn, r=row, s=status, rem=remains: _apply_change(
+            conn, r.id, s, rem, observed_at, decimals, poll_interval))
+        if change is None:
+            report.stale += 1
+            continue
+        report.changes.append(change)
+        _count_change(metrics, change)
+    if touches:
+        _reschedule(engine, touches, rows, observed_at, poll_interval)
+    return report
+
+
+def _apply_change(conn: Connection, order_id: int, status: Status, remains: int | None,
+                  observed_at: datetime, decimals: int,
+                  poll_interval: float) -> AppliedChange | None:
+    row = conn.execute(select(orders).where(orders.c.id == order_id).with_for_update()).first()
+    if (row is None or row.status_class != OPEN
+            or (row.observed_at is not None and row.observed_at > observed_at)):
+        return None  # a concurrent applier got here first
+    if status.name == row.status and remains == row.remains:
+        return None
+    charge, refunded = to_money(row.charge, decimals), to_money(row.refunded, decimals)
+    target = refund_target(status.cls, charge, row.quantity, remains, decimals)
+    top_up = refund_top_up(target, refunded, charge)
+    now = utcnow()
+    locked = lock_balance(conn, row.user_id)
+    assert locked is not None, "an order always has an account"
+    balance = to_money(locked, decimals)
+    if top_up > 0:
+        balance = post_entry(conn, balance=balance, now=now, entry=LedgerEntry(
+            row.user_id, EntryKind.REFUND, top_up, f"refund:{order_id}:{refunded + top_up}",
+            order_id, status.name))
+    result = conn.execute(
+        update(orders)
+        .where(orders.c.id == order_id, orders.c.status == row.status,
+               orders.c.refunded == row.refunded)
+        .values(status=status.name, status_class=status.cls.value, remains=remains,
+                refunded=refunded + top_up, review_status=None, observed_at=observed_at,
+                changed_at=now, updated_at=now, lease_until=None,
+                next_check_at=next_check_at(now, now, poll_interval)))
+    if result.rowcount != 1:
+        raise RuntimeError(f"order {order_id} changed under its row lock")
+    event = record_event(conn, row.user_id, ORDER_UPDATED, order_event_body(
+        order_id=order_id, user_id=row.user_id, status=status.name,
+        previous_status=row.status, remains=remains, quantity=row.quantity, refund=top_up,
+        balance=balance, decimals=decimals), now)
+    return AppliedChange(order_id, row.user_id, row.status, status.name, remains, top_up,
+                         balance, event)
+
+
+def _reschedule(engine: Engine, touches: list[_Touch], rows: list[Row],
+                observed_at: datetime, poll_interval: float) -> None:
+    """Record that these orders were checked and when to check them next, in one statement."""
+    changed_at = {row.id: row.changed_at for row in rows}
+    now = utcnow()
+    params = [{"oid": t.order_id, "review": t.review_status, "obs": observed_at,
+               "next": next_check_at(now, changed_at[t.order_id], poll_interval)}
+              for t in touches]
+    stmt = (update(orders)
+            .where(and_(orders.c.id == bindparam("oid"), orders.c.status_class == OPEN,
+                        or_(orders.c.observed_at.is_(None),
+                            orders.c.observed_at <= bindparam("obs"))))
+            .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
+                    review_status=bindparam("review"), lease_until=None))
+    transactional(engine, lambda conn: conn.execute(stmt, params))
+
+
+def _count_change(metrics: Metrics, change: AppliedChange) -> None:
+    metrics.status_transitions.labels(
+        normalise_status(change.previous_status).cls.value,
+        normalise_status(change.status).cls.value).inc()
+    if change.refund > 0:
+        kind = "canceled" if change.status == "Canceled" else "partial"
+        metrics.refunds.labels(kind).inc()
+        metrics.refund_amount.labels(kind).inc(float(change.refund))
+
+
+def refund_line(change: AppliedChange) -> str:
+    """The seed's log line: ``REFUND: $7.00 for Order #123 (Partial, 700 remains)``."""
+    if change.status == "Partial":
+        detail = f"Partial, {change.remains} remains"
+    else:
+        detail = change.status
+    return f"REFUND: ${change.refund} for Order #{change.order_id} ({detail})"

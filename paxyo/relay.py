@@ -1,0 +1,158 @@
+"""Outbox relay: committed events to Redis Streams, each exactly once per id.
+
+After a transaction commits, its outbox rows are published: to the global stream the
+gateways read and to the user's bounded history that WebSocket resume replays from. A Lua
+script makes publishing idempotent: an event already in the user's history (or older than
+what the history has trimmed) is not added again, so a repeat by the sweeper after a crash
+between publish and mark is a no-op, recognisable by its id. Rows are marked published only
+after Redis accepted them; the sweeper picks up whatever a crash left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis
+from sqlalchemy import Engine, select, update
+from sqlalchemy.engine import Row
+
+from monitoring.metrics import METRICS, Metrics
+from paxyo.clock import epoch_ms, utcnow
+from paxyo.events import event_bytes
+from paxyo.keys import Keys
+from paxyo.store.engine import transactional
+from paxyo.store.schema import outbox
+
+log = logging.getLogger("paxyo.relay")
+
+# KEYS: events stream, history, history times, floor hash, last-published hash
+# ARGV: outbox id, user id, created ms, payload, stream maxlen, history size, min created ms
+# The floor is the highest id no longer replayable; when a history expired as a whole, every
+# id up to the last one published for that user is gone too.
+_PUBLISH = """
+local id = tonumber(ARGV[1])
+local floor = tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0')
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local last = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
+  if last > floor then
+    floor = last
+    redis.call('HSET', KEYS[4], ARGV[2], floor)
+  end
+end
+if id <= floor or redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  return 0
+end
+local last = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
+if id > last then redis.call('HSET', KEYS[5], ARGV[2], id) end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'u', ARGV[2], 'i', ARGV[1],
+           't', ARGV[3], 'd', ARGV[4])
+redis.call('ZADD', KEYS[2], id, ARGV[4])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[1])
+local trimmed = 0
+local n = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[6])
+if n > 0 then
+  local old = redis.call('ZRANGE', KEYS[2], 0, n - 1, 'WITHSCORES')
+  trimmed = tonumber(old[#old])
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, n - 1)
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[7])
+for _, old_id in ipairs(expired) do
+  local v = tonumber(old_id)
+  if v > trimmed then trimmed = v end
+end
+if trimmed > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', trimmed)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[7])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[6]) + 1))
+  if trimmed > floor then redis.call('HSET', KEYS[4], ARGV[2], trimmed) end
+end
+return 1
+"""
+
+STREAM_MAXLEN = 100_000
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    keys: Keys
+    history_size: int = 100
+    history_ttl: float = 86400.0
+    stream_maxlen: int = STREAM_MAXLEN
+
+
+class OutboxRelay:
+    """Publishes outbox rows to Redis and marks them published."""
+
+    def __init__(self, engine: Engine, redis_client: redis.Redis, config: RelayConfig,
+                 metrics: Metrics = METRICS) -> None:
+        self.engine = engine
+        self.redis = redis_client
+        self.config = config
+        self.metrics = metrics
+        self._script = redis_client.register_script(_PUBLISH)
+
+    def publish_ids(self, outbox_ids: Sequence[int]) -> int:
+        """Publish these rows (just committed); returns how many were new to Redis."""
+        if not outbox_ids:
+            return 0
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(outbox).where(outbox.c.id.in_(list(outbox_ids)))
+                                .order_by(outbox.c.id)).all()
+        return self._publish_rows(rows)
+
+    def sweep(self, *, older_than: float = 2.0, batch: int = 500) -> int:
+        """Publish rows left unpublished (by a crash, or Redis being down); returns rows swept."""
+        total = 0
+        cutoff = utcnow() - timedelta(seconds=older_than)
+        while True:
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(outbox).where(outbox.c.published_at.is_(None),
+                                         outbox.c.created_at <= cutoff)
+                    .order_by(outbox.c.id).limit(batch)).all()
+            if not rows:
+                return total
+            self._publish_rows(rows)
+            total += len(rows)
+            if len(rows) < batch:
+                return total
+
+    def backlog(self) -> int:
+        from sqlalchemy import func
+
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(outbox)
+                                    .where(outbox.c.published_at.is_(None))).scalar_one())
+
+    def _publish_rows(self, rows: Sequence[Row]) -> int:
+        keys = self.config.keys
+        min_ms = epoch_ms(utcnow()) - int(self.config.history_ttl * 1000)
+        pipe = self.redis.pipeline(transaction=False)
+        for row in rows:
+            created_ms = epoch_ms(row.created_at)
+            self._script(
+                keys=[keys.events, keys.history(row.user_id), keys.history_times(row.user_id),
+                      keys.history_floor, keys.history_last],
+                args=[row.id, row.user_id, created_ms,
+                      event_bytes(row.id, row.type, row.payload), self.config.stream_maxlen,
+                      self.config.history_size, min_ms],
+                client=pipe)
+        ttl = int(self.config.history_ttl) + 60
+        for user_id in {row.user_id for row in rows}:
+            pipe.expire(keys.history(user_id), ttl)
+            pipe.expire(keys.history_times(user_id), ttl)
+        results = pipe.execute()
+        added = sum(1 for r in results[: len(rows)] if r == 1)
+        ids = [row.id for row in rows]
+        now = utcnow()
+        transactional(self.engine, lambda conn: conn.execute(
+            update(outbox).where(outbox.c.id.in_(ids), outbox.c.published_at.is_(None))
+            .values(published_at=now)))
+        self.metrics.events_published.inc(added)
+        if added < len(rows):
+            log.info("relay: %d of %d events were already in Redis (repeat publish)",
+                     len(rows) - added, len(rows))
+        return added

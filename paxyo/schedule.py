@@ -1,0 +1,29 @@
+"""When an open order is next checked.
+
+PAXYO_POLL_INTERVAL is the ceiling for how stale an open order may get. Below it, orders that
+were just placed or just changed are checked sooner (things move early in an order's life),
+and the interval grows back to the ceiling the longer an order stays unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+
+def min_interval(poll_interval: float) -> float:
+    return max(1.0, poll_interval / 4)
+
+
+def first_check_delay(poll_interval: float) -> float:
+    """A newly placed order is first checked after the shortest interval."""
+    return min_interval(poll_interval)
+
+
+def next_check_delay(poll_interval: float, unchanged_for: float) -> float:
+    """Half the time an order has been unchanged, between the floor and the poll interval."""
+    return min(poll_interval, max(min_interval(poll_interval), unchanged_for / 2))
+
+
+def next_check_at(now: datetime, changed_at: datetime, poll_interval: float) -> datetime:
+    unchanged_for = max(0.0, (now - changed_at).total_seconds())
+    return now + timedelta(seconds=next_check_delay(poll_interval, unchanged_for))
