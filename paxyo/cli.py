@@ -66,6 +66,21 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
+    from dispatcher.loop import run_dispatcher
+
+    settings.require_providers()
+    run_dispatcher(settings)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from workers.runner import run_worker
+
+    run_worker(settings, burst=args.burst)
+    return 0
+
+
 def _print_flush(line: str) -> None:
     print(line, flush=True)
 
@@ -95,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--host", default="0.0.0.0")
     gw.add_argument("--port", type=int, help="overrides PORT")
     gw.set_defaults(func=cmd_gateway)
+
+    disp = sub.add_parser("dispatcher", help="enqueue due shards (leader-elected)")
+    disp.add_argument("--poll-interval", type=float, help="overrides PAXYO_POLL_INTERVAL")
+    disp.set_defaults(func=cmd_dispatcher)
+
+    worker = sub.add_parser("worker", help="RQ worker that checks shards")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(func=cmd_worker)
 
     token = sub.add_parser("token", help="print a WebSocket token for a user (testing)")
     token.add_argument("user_id", type=int)

@@ -162,7 +162,7 @@ def _apply_change(conn: Connection, order_id: int, status: Status, remains: int 
                orders.c.refunded == row.refunded)
         .values(status=status.name, status_class=status.cls.value, remains=remains,
                 refunded=refunded + top_up, review_status=None, observed_at=observed_at,
-                changed_at=now, updated_at=now, lease_until=None,
+                changed_at=now, updated_at=now,
                 next_check_at=next_check_at(now, now, poll_interval)))
     if result.rowcount != 1:
         raise RuntimeError(f"order {order_id} changed under its row lock")
@@ -187,7 +187,7 @@ def _reschedule(engine: Engine, touches: list[_Touch], rows: list[Row],
                         or_(orders.c.observed_at.is_(None),
                             orders.c.observed_at <= bindparam("obs"))))
             .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
-                    review_status=bindparam("review"), lease_until=None))
+                    review_status=bindparam("review")))
     transactional(engine, lambda conn: conn.execute(stmt, params))
 
 
@@ -203,8 +203,5 @@ def _count_change(metrics: Metrics, change: AppliedChange) -> None:
 
 def refund_line(change: AppliedChange) -> str:
     """The seed's log line: ``REFUND: $7.00 for Order #123 (Partial, 700 remains)``."""
-    if change.status == "Partial":
-        detail = f"Partial, {change.remains} remains"
-    else:
-        detail = change.status
+    detail = f"Partial, {change.remains} remains" if change.status == "Partial" else change.status
     return f"REFUND: ${change.refund} for Order #{change.order_id} ({detail})"

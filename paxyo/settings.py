@@ -95,7 +95,7 @@ class Settings:
         if self.demo:
             return
         if not self.jwt_secret:
-            raise SettingsError("PAXYO_JWT_SECRET", "is required (HS256 secret for WebSocket tokens)")
+            raise SettingsError("PAXYO_JWT_SECRET", "is required (HS256 key for WebSocket tokens)")
         if not self.admin_token:
             raise SettingsError("PAXYO_ADMIN_TOKEN", "is required (bearer token for /v1)")
 

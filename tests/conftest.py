@@ -62,7 +62,7 @@ def _server_database(admin_url: str, what: str) -> Iterator[str]:
         admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    except Exception as exc:  # noqa: BLE001 - any connection failure means "unreachable"
+    except Exception as exc:
         _unavailable(what, exc)
     url = admin_url.rsplit("/", 1)[0] + f"/{name}"
     try:

@@ -57,6 +57,8 @@ orders = Table(
     Column("next_check_at", DateTime, nullable=False),
     # dispatcher lease: an order in a queued or running shard is not enqueued again
     Column("lease_until", DateTime, nullable=True),
+    Column("lease_token", String(32), nullable=True),
+    Index("ix_orders_lease", "lease_token"),
     Index("ix_orders_due", "status_class", "next_check_at"),
     Index("ix_orders_provider_due", "provider", "status_class", "next_check_at"),
     Index("ix_orders_user", "user_id"),

@@ -46,7 +46,9 @@ def upgrade() -> None:
         sa.Column("changed_at", sa.DateTime, nullable=False),
         sa.Column("next_check_at", sa.DateTime, nullable=False),
         sa.Column("lease_until", sa.DateTime),
+        sa.Column("lease_token", sa.String(32)),
     )
+    op.create_index("ix_orders_lease", "orders", ["lease_token"])
     op.create_index("ix_orders_due", "orders", ["status_class", "next_check_at"])
     op.create_index("ix_orders_provider_due", "orders",
                     ["provider", "status_class", "next_check_at"])

@@ -1,0 +1,121 @@
+"""``paxyo dispatcher``: the tick loop (leader only) that enqueues shards and sweeps the outbox."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from datetime import datetime
+
+import orjson
+import redis
+from rq import Queue, Retry
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from dispatcher.leader import LeaderLock
+from dispatcher.planner import Shard, plan_shards
+from paxyo.clock import utcnow
+from paxyo.keys import Keys
+from paxyo.relay import OutboxRelay, RelayConfig
+from paxyo.settings import Settings
+from paxyo.statuses import StatusClass
+from paxyo.store.engine import open_engine
+from paxyo.store.schema import orders
+from workers.jobs import JOB_RETRIES, RETRY_INTERVALS, job_timeout
+
+log = logging.getLogger("paxyo.dispatcher")
+
+TICK_SECONDS = 1.0
+SWEEP_EVERY = 2.0
+
+
+def lease_seconds(settings: Settings) -> float:
+    """How long a queued shard's orders stay leased before another shard may take them."""
+    return max(60.0, 2 * settings.poll_interval)
+
+
+def dispatcher_lag(engine: Engine, now: datetime) -> float:
+    """Seconds the most overdue open order is past its check time (0 when none is late)."""
+    with engine.connect() as conn:
+        oldest = conn.execute(select(func.min(orders.c.next_check_at))
+                              .where(orders.c.status_class == StatusClass.OPEN.value)).scalar()
+    return max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, engine: Engine, client: redis.Redis) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.redis = client
+        self.keys = Keys(settings.redis_prefix)
+        self.queue = Queue(settings.queue_name, connection=client)
+        self.lock = LeaderLock(client, self.keys.dispatcher_lock, self.keys.dispatcher_fence)
+        self.relay = OutboxRelay(engine, client, RelayConfig(
+            self.keys, settings.history_size, settings.history_ttl))
+        self._last_sweep = 0.0
+        self.enqueued = 0
+
+    def tick(self) -> list[Shard]:
+        """One tick: renew leadership; as leader, enqueue due shards and sweep the outbox."""
+        if not self.lock.acquire_or_renew():
+            return []
+        now = utcnow()
+        shards = plan_shards(self.engine, now=now, poll_interval=self.settings.poll_interval,
+                             lease_seconds=lease_seconds(self.settings))
+        if shards:
+            self.enqueue(shards)
+        if time.monotonic() - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = time.monotonic()
+            swept = self.relay.sweep()
+            if swept:
+                log.warning("swept %d unpublished outbox events", swept)
+        self.redis.set(self.keys.dispatcher_heartbeat, orjson.dumps({
+            "at": time.time(), "fence": self.lock.fence,
+            "lag": dispatcher_lag(self.engine, now), "enqueued": self.enqueued}), ex=60)
+        return shards
+
+    def enqueue(self, shards: list[Shard]) -> None:
+        timeout = job_timeout(self.settings.provider_attempts, self.settings.provider_timeout)
+        jobs = [Queue.prepare_data(
+            "workers.jobs.check_shard", args=(s.provider, list(s.order_ids), s.token),
+            job_id=f"shard-{s.token}", timeout=timeout, result_ttl=300, failure_ttl=7 * 86400,
+            description=f"check {len(s.order_ids)} {s.provider} orders",
+            retry=Retry(max=JOB_RETRIES, interval=RETRY_INTERVALS),
+            meta={"fence": self.lock.fence}) for s in shards]
+        with self.redis.pipeline() as pipe:
+            self.queue.enqueue_many(jobs, pipeline=pipe)
+            pipe.execute()
+        self.enqueued += len(shards)
+        log.info("enqueued %d shards (%d orders)", len(shards),
+                 sum(len(s.order_ids) for s in shards))
+
+
+def run_dispatcher(settings: Settings, *, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    engine = open_engine(settings.database_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                  socket_connect_timeout=5)
+    dispatcher = Dispatcher(settings, engine, client)
+    log.info("dispatcher %s started (poll interval %ss)", dispatcher.lock.identity[:8],
+             settings.poll_interval)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                dispatcher.tick()
+            except redis.RedisError as exc:
+                log.error("Redis unavailable, retrying: %s", exc)
+                dispatcher.lock.fence = None
+            except SQLAlchemyError as exc:
+                log.error("database unavailable, retrying: %s", exc)
+            stop.wait(max(0.0, TICK_SECONDS - (time.monotonic() - started)))
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            dispatcher.lock.release()
+        engine.dispose()
+        log.info("dispatcher stopped")

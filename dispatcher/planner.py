@@ -1,0 +1,123 @@
+"""Which orders to check now, cut into leased shards of at most 100 per provider.
+
+Calls are saved in two ways: a provider's due orders are cut into as few shards as possible,
+and a part-full last shard is topped up with that provider's orders that fall due within the
+batching window anyway, so each call carries up to 100 ids. Orders checked together are
+rescheduled together, so cohorts stay aligned from one cycle to the next.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, and_, or_, select, update
+
+from paxyo.statuses import StatusClass
+from paxyo.store.engine import transactional
+from paxyo.store.schema import orders
+
+SHARD_SIZE = 100
+OPEN = StatusClass.OPEN.value
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    provider: str
+    order_ids: tuple[int, ...]
+    token: str
+
+
+def _lease_free(now: datetime):  # type: ignore[no-untyped-def]
+    return or_(orders.c.lease_until.is_(None), orders.c.lease_until < now)
+
+
+def due_by_provider(engine: Engine, now: datetime, limit: int) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = defaultdict(list)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(orders.c.provider, orders.c.id)
+            .where(orders.c.status_class == OPEN, orders.c.next_check_at <= now, _lease_free(now))
+            .order_by(orders.c.next_check_at).limit(limit)).all()
+    for provider, order_id in rows:
+        grouped[provider].append(order_id)
+    return grouped
+
+
+def top_up(engine: Engine, provider: str, now: datetime, window: float, count: int,
+           exclude: set[int]) -> list[int]:
+    """Up to ``count`` of the provider's orders due within ``window`` seconds, soonest first."""
+    if count <= 0:
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(orders.c.id)
+            .where(orders.c.provider == provider, orders.c.status_class == OPEN,
+                   orders.c.next_check_at > now,
+                   orders.c.next_check_at <= now + timedelta(seconds=window), _lease_free(now))
+            .order_by(orders.c.next_check_at).limit(count + len(exclude))).all()
+    return [r.id for r in rows if r.id not in exclude][:count]
+
+
+def lease(engine: Engine, provider: str, order_ids: list[int], now: datetime,
+          lease_seconds: float) -> Shard | None:
+    """Lease the still-free orders among ``order_ids`` under a new token."""
+    token = uuid.uuid4().hex
+    until = now + timedelta(seconds=lease_seconds)
+
+    def run(conn):  # type: ignore[no-untyped-def]
+        conn.execute(update(orders)
+                     .where(and_(orders.c.id.in_(order_ids), orders.c.status_class == OPEN,
+                                 _lease_free(now)))
+                     .values(lease_until=until, lease_token=token))
+        return [r.id for r in conn.execute(
+            select(orders.c.id).where(orders.c.lease_token == token).order_by(orders.c.id))]
+
+    leased = transactional(engine, run)
+    return Shard(provider, tuple(leased), token) if leased else None
+
+
+def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_seconds: float,
+                max_due: int = 50_000) -> list[Shard]:
+    """Lease and return this tick's shards (each ≤100 orders of one provider)."""
+    shards: list[Shard] = []
+    window = poll_interval / 2
+    for provider, due in due_by_provider(engine, now, max_due).items():
+        spare = -len(due) % SHARD_SIZE
+        ids = due + top_up(engine, provider, now, window, spare, set(due))
+        for start in range(0, len(ids), SHARD_SIZE):
+            shard = lease(engine, provider, ids[start:start + SHARD_SIZE], now, lease_seconds)
+            if shard is not None:
+                shards.append(shard)
+    return shards
+
+
+def release(engine: Engine, token: str) -> None:
+    """Free the orders still leased under ``token`` (a finished or abandoned shard)."""
+    transactional(engine, lambda conn: conn.execute(
+        update(orders).where(orders.c.lease_token == token)
+        .values(lease_until=None, lease_token=None)))
+
+
+def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,
+          hold_seconds: float) -> list[int]:
+    """A worker starting a shard: extend the lease of the orders still under its token."""
+
+    def run(conn):  # type: ignore[no-untyped-def]
+        conn.execute(update(orders)
+                     .where(orders.c.lease_token == token, orders.c.id.in_(order_ids))
+                     .values(lease_until=now + timedelta(seconds=hold_seconds)))
+        return [r.id for r in conn.execute(
+            select(orders.c.id).where(orders.c.lease_token == token,
+                                      orders.c.status_class == OPEN))]
+
+    return transactional(engine, run)
+
+
+def defer(engine: Engine, token: str, until: datetime) -> None:
+    """Release a shard's orders without checking them, to be due again at ``until``."""
+    transactional(engine, lambda conn: conn.execute(
+        update(orders).where(orders.c.lease_token == token)
+        .values(lease_until=None, lease_token=None, next_check_at=until)))

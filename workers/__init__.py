@@ -1,0 +1,9 @@
+"""RQ workers: one job checks one shard (≤100 orders of one provider) and applies the answers.
+
+A job's life: claim its leased orders → ask the provider (rate limit and circuit breaker
+shared by all workers through Redis; tenacity retries transient failures inside) → apply each
+change in its own transaction → publish the committed events → release the leases. Every step
+is idempotent, so RQ's retry of a job, or a rerun after a crash, changes nothing twice.
+Retries multiply: up to ``PAXYO_PROVIDER_ATTEMPTS`` HTTP attempts per run, and up to
+``JOB_RETRIES + 1`` runs per job.
+"""
