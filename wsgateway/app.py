@@ -1,0 +1,85 @@
+"""The gateway's aiohttp application: typed state, resources opened and closed with the app."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import redis
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.helpers import ChainMapProxy
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from sqlalchemy import Engine
+
+from paxyo.keys import Keys
+from paxyo.relay import OutboxRelay, RelayConfig
+from paxyo.settings import Settings
+from paxyo.store.engine import open_engine
+from wsgateway import auth
+
+log = logging.getLogger("wsgateway")
+
+T = TypeVar("T")
+State = web.Application | ChainMapProxy
+
+BLOCKING_THREADS = 8  # database and relay calls in flight at once per process
+REDIS_CONNECT_TIMEOUT = 1.0
+REDIS_SOCKET_TIMEOUT = 2.0
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", Engine)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+REDIS = web.AppKey("redis", aioredis.Redis)  # async client for the event loop
+RELAY = web.AppKey("relay", OutboxRelay)  # publishes committed outbox rows (sync, in a thread)
+
+
+def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Application:
+    """The web process's application; pass ``engine`` to share one (the caller disposes it)."""
+    from wsgateway import health, http_api  # they import the keys below
+
+    app = web.Application(middlewares=[http_api.error_middleware])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(functools.partial(_resources, engine=engine))
+    health.add_routes(app)
+    app.add_subapp("/v1", http_api.create_api())
+    return app
+
+
+async def run_blocking(state: State, fn: Callable[..., T], *args: object) -> T:
+    """Run a blocking call (database, sync Redis) in the app's bounded thread pool.
+
+    ``state`` is the app or, from a sub-app's handler, ``request.config_dict``.
+    """
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(state[EXECUTOR], functools.partial(fn, *args))
+
+
+async def _resources(app: web.Application, *, engine: Engine | None) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    auth.warn_if_weak_secret(settings.jwt_secret)
+    own_engine = engine is None
+    app[ENGINE] = open_engine(settings.database_url) if engine is None else engine
+    app[EXECUTOR] = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="paxyo-blocking")
+    app[REDIS] = aioredis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_timeout=REDIS_SOCKET_TIMEOUT)
+    # One quick retry: an HTTP answer waits for this publish, and the sweeper covers failures.
+    sync_redis = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_timeout=REDIS_SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 1))
+    app[RELAY] = OutboxRelay(app[ENGINE], sync_redis, RelayConfig(
+        Keys(settings.redis_prefix), settings.history_size, settings.history_ttl))
+    try:
+        yield
+    finally:
+        await app[REDIS].aclose()
+        app[EXECUTOR].shutdown(wait=True)
+        sync_redis.close()
+        if own_engine:
+            app[ENGINE].dispose()
