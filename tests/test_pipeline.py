@@ -1,0 +1,146 @@
+"""Dispatcher → RQ → worker → ledger → Redis Streams, with real processes where it matters."""
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+from rq import Queue
+from sqlalchemy import update
+
+from dispatcher.leader import LeaderLock
+from dispatcher.loop import Dispatcher
+from dispatcher.planner import plan_shards
+from paxyo.accounts import deposit, get_balance
+from paxyo.clock import utcnow
+from paxyo.keys import Keys
+from paxyo.ledger import ledger_mismatches
+from paxyo.orders import NewOrder, get_order, place_order
+from paxyo.store.schema import orders
+
+ROOT = Path(__file__).resolve().parents[1]
+D = Decimal
+
+
+def seed(engine, count, user=111, provider="sim", start=1, pid_base=70000):
+    deposit(engine, user, D("10.00") * count, f"seed-{user}-{start}", 2)
+    for oid in range(start, start + count):
+        place_order(engine, NewOrder(oid, user, provider, str(pid_base + oid), 1000, D("10.00")),
+                    decimals=2, poll_interval=30)
+    make_due(engine)
+
+
+def make_due(engine):
+    with engine.begin() as conn:
+        conn.execute(update(orders).values(next_check_at=utcnow() - timedelta(seconds=1)))
+
+
+def worker_env(settings):
+    return {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+            "PAXYO_REDIS_PREFIX": settings.redis_prefix, "PAXYO_QUEUE": settings.queue_name,
+            **{f"PAXYO_PROVIDER_{p.name.upper()}_URL": p.url for p in settings.providers.values()},
+            **{f"PAXYO_PROVIDER_{p.name.upper()}_KEY": p.key
+               for p in settings.providers.values()},
+            "PAXYO_PROVIDER_ATTEMPTS": "2", "PAXYO_PROVIDER_TIMEOUT": "5"}
+
+
+def run_worker_burst(settings):
+    proc = subprocess.run([sys.executable, "-m", "paxyo.cli", "worker", "--burst"], cwd=ROOT,
+                          env=worker_env(settings), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr
+
+
+@pytest.fixture
+def queued_settings(settings, redis_prefix):
+    return settings.with_overrides(queue_name=f"{redis_prefix}-q")
+
+
+def test_planner_cuts_provider_shards_of_at_most_100_and_leases_them(engine):
+    seed(engine, 250)
+    seed(engine, 30, user=222, provider="other", start=1000)
+    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
+    sizes = sorted((s.provider, len(s.order_ids)) for s in shards)
+    assert sizes == [("other", 30), ("sim", 50), ("sim", 100), ("sim", 100)]
+    # leased: a second planner (another dispatcher) gets nothing
+    assert plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60) == []
+    ids = [i for s in shards for i in s.order_ids]
+    assert len(ids) == len(set(ids)) == 280
+
+
+def test_planner_tops_up_a_part_full_shard_with_soon_due_orders(engine):
+    seed(engine, 150)
+    with engine.begin() as conn:  # 20 due now, the rest due within the batching window
+        conn.execute(update(orders).where(orders.c.id > 20)
+                     .values(next_check_at=utcnow() + timedelta(seconds=5)))
+    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
+    assert [len(s.order_ids) for s in shards] == [100]
+
+
+def test_an_expired_lease_is_taken_again(engine):
+    seed(engine, 10)
+    first = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
+    assert len(first) == 1
+    later = utcnow() + timedelta(seconds=61)
+    again = plan_shards(engine, now=later, poll_interval=30, lease_seconds=60)
+    assert [len(s.order_ids) for s in again] == [10]
+    assert again[0].token != first[0].token
+
+
+def test_only_one_dispatcher_leads_and_a_standby_takes_over(redis_url, redis_prefix):
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(redis_prefix)
+    a = LeaderLock(client, keys.dispatcher_lock, keys.dispatcher_fence, ttl=0.5)
+    b = LeaderLock(client, keys.dispatcher_lock, keys.dispatcher_fence, ttl=0.5)
+    assert a.acquire_or_renew() and not b.acquire_or_renew()
+    assert a.acquire_or_renew() and not b.acquire_or_renew()
+    time.sleep(0.7)  # the leader died without releasing
+    assert b.acquire_or_renew()
+    assert b.fence == a.fence + 1
+    assert not a.acquire_or_renew()  # the old leader notices it lost the term
+
+
+def test_dispatch_and_worker_apply_refunds_and_publish(queued_settings, engine, simulator):
+    settings = queued_settings
+    seed(engine, 120)
+    for oid in range(1, 121):
+        status = ("Canceled", 0) if oid <= 10 else ("Partial", 300) if oid <= 20 else \
+            ("In progress", 500)
+        simulator.set_order(70000 + oid, status=status[0], remains=status[1])
+    client = redis.Redis.from_url(settings.redis_url)
+    dispatcher = Dispatcher(settings, engine, client)
+    shards = dispatcher.tick()
+    assert [len(s.order_ids) for s in shards] == [100, 20]
+    assert Queue(settings.queue_name, connection=client).count == 2
+    assert dispatcher.tick() == []  # leased: nothing enqueued twice
+    run_worker_burst(settings)
+    assert get_balance(engine, 111) == D("100.00") + D("30.00")
+    assert get_order(engine, 15, 2)["refunded"] == "3.00"
+    assert get_order(engine, 50, 2)["status"] == "In progress"
+    with engine.connect() as conn:
+        assert ledger_mismatches(conn) == []
+    stream = client.xrange(Keys(settings.redis_prefix).events)
+    ids = [entry[b"i"] for _, entry in stream]
+    assert len(ids) == len(set(ids))
+    assert len(ids) >= 120  # every status change has its event
+    assert simulator.stats()["status_requests"] == 2
+
+
+def test_rerunning_a_finished_shard_changes_nothing(queued_settings, engine, simulator):
+    from workers.context import build_context
+    from workers.jobs import run_shard
+
+    seed(engine, 5)
+    for oid in range(1, 6):
+        simulator.set_order(70000 + oid, status="Canceled", remains=0)
+    shard = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)[0]
+    ctx = build_context(queued_settings)
+    first = run_shard(ctx, "sim", shard.order_ids, shard.token)
+    again = run_shard(ctx, "sim", shard.order_ids, shard.token)
+    assert first["changed"] == 5 and again["checked"] == 0
+    assert get_balance(engine, 111) == D("50.00")
