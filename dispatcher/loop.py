@@ -34,6 +34,8 @@ SWEEP_EVERY = 2.0
 
 def lease_seconds(settings: Settings) -> float:
     """How long a queued shard's orders stay leased before another shard may take them."""
+    if settings.lease_seconds is not None:
+        return settings.lease_seconds
     return max(60.0, 2 * settings.poll_interval)
 
 
@@ -71,7 +73,7 @@ class Dispatcher:
             self._last_sweep = time.monotonic()
             swept = self.relay.sweep()
             if swept:
-                log.warning("swept %d unpublished outbox events", swept)
+                log.info("swept %d unpublished outbox events", swept)
         self.redis.set(self.keys.dispatcher_heartbeat, orjson.dumps({
             "at": time.time(), "fence": self.lock.fence,
             "lag": dispatcher_lag(self.engine, now), "enqueued": self.enqueued}), ex=60)

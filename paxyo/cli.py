@@ -81,6 +81,12 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from paxyo.demo import run_demo
+
+    return run_demo(settings, port=args.port or settings.port, workers=args.workers)
+
+
 def _print_flush(line: str) -> None:
     print(line, flush=True)
 
@@ -118,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="RQ worker that checks shards")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(func=cmd_worker)
+
+    demo = sub.add_parser("demo", help="run everything on this machine with demo data")
+    demo.add_argument("--port", type=int, help="overrides PORT (default 8080)")
+    demo.add_argument("--workers", type=int, default=2, help="worker processes")
+    demo.set_defaults(func=cmd_demo)
 
     token = sub.add_parser("token", help="print a WebSocket token for a user (testing)")
     token.add_argument("user_id", type=int)

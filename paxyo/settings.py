@@ -42,6 +42,7 @@ class Settings:
     provider_timeout: float = 20.0
     provider_attempts: int = 4
     provider_rate_limit_per_min: int = 600
+    lease_seconds: float | None = None  # None: derived from the poll interval and job timeout
     redis_prefix: str = "paxyo"
     queue_name: str = "paxyo"
     history_size: int = 100
@@ -66,6 +67,7 @@ class Settings:
         _number(env, values, "PAXYO_PROVIDER_ATTEMPTS", "provider_attempts", int, 1, 20)
         _number(env, values, "PAXYO_PROVIDER_RATE_LIMIT", "provider_rate_limit_per_min",
                 int, 1, 1_000_000)
+        _number(env, values, "PAXYO_LEASE_SECONDS", "lease_seconds", float, 1, 86400)
         _number(env, values, "PAXYO_HISTORY_SIZE", "history_size", int, 1, 100_000)
         _number(env, values, "PAXYO_HISTORY_TTL", "history_ttl", float, 1, 30 * 86400)
         for var, key in (("PAXYO_JWT_SECRET", "jwt_secret"), ("PAXYO_ADMIN_TOKEN", "admin_token"),
@@ -83,6 +85,8 @@ class Settings:
             if fmt not in ("text", "json"):
                 raise SettingsError("PAXYO_LOG_FORMAT", f"must be text or json, not {fmt!r}")
             values["log_format"] = fmt
+        if "PAXYO_DEMO" in env:
+            values["demo"] = env["PAXYO_DEMO"].strip().lower() in ("1", "true", "yes")
         values["providers"] = _providers(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

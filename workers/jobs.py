@@ -42,7 +42,8 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
               token: str) -> dict[str, Any]:
     settings = ctx.settings
     now = utcnow()
-    hold = job_timeout(settings.provider_attempts, settings.provider_timeout) + 30
+    hold = settings.lease_seconds or (
+        job_timeout(settings.provider_attempts, settings.provider_timeout) + 30)
     ids = claim(ctx.engine, token, order_ids, now, hold)
     if not ids:
         return {"provider": provider, "checked": 0, "skipped": "lease lost or orders closed"}
@@ -77,7 +78,9 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
         ctx.engine, provider, ids, replies, observed_at=observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval)
     for change in report.changes:
-        log.info("order %s: %s -> %s", change.order_id, change.previous_status, change.status)
+        if change.previous_status != change.status:
+            log.info("order %s: %s -> %s", change.order_id, change.previous_status,
+                     change.status)
         if change.refund > 0:
             refund_log.info(refund_line(change))
     _publish(ctx, [c.event.outbox_id for c in report.changes])

@@ -1,0 +1,210 @@
+"""``paxyo demo``: the whole system on one machine with embedded defaults.
+
+Starts (as child processes) the provider simulator, a dispatcher, workers and the gateway,
+with a throwaway SQLite file, the Redis at REDIS_URL or a private one when none answers, and
+demo accounts and orders. Ctrl-C (or SIGTERM) stops every child cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+
+from paxyo.accounts import deposit
+from paxyo.orders import NewOrder, place_order
+from paxyo.private_redis import PrivateRedis, answers
+from paxyo.settings import Settings
+from paxyo.store.engine import open_engine
+from paxyo.store.migrate import upgrade
+from providers.client import ProviderClient, ProviderConfig
+
+log = logging.getLogger("paxyo.demo")
+
+PROVIDER = "demo"
+REDIS_PREFIX = "paxyo-demo"  # the demo's database is new each run, so are its Redis keys
+PROVIDER_KEY = "demo-provider-key"
+DEMO_POLL_INTERVAL = 5.0
+DEMO_USERS = {111: Decimal("50.00"), 222: Decimal("30.00")}
+PRICE_PER_1000 = Decimal("10.00")  # the panel's own price in the demo, whatever the service
+
+
+def demo_charge(quantity: int) -> Decimal:
+    return (PRICE_PER_1000 * quantity / 1000).quantize(Decimal("0.01"))
+
+
+@dataclass
+class Children:
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        # Own session: a terminal's Ctrl-C reaches only the supervisor, which then stops each
+        # child with one SIGTERM (a second signal would make RQ workers stop cold).
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "paxyo.cli", *args], env=env, start_new_session=True)
+
+    def exited(self) -> tuple[str, int] | None:
+        for name, proc in self.processes.items():
+            code = proc.poll()
+            if code is not None:
+                return name, code
+        return None
+
+    def stop(self, grace: float = 10.0) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.processes.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+async def _place_demo_orders(config: ProviderConfig) -> list[tuple[int, str, int]]:
+    """(user, provider order id, quantity) for a few orders placed at the simulator."""
+    placed = []
+    async with aiohttp.ClientSession() as session:
+        client = ProviderClient(config, session, timeout=5)
+        for user_id, quantity in ((111, 1000), (111, 500), (222, 2000)):
+            provider_order_id = await client.add(1, f"https://instagram.com/demo{user_id}",
+                                                 quantity)
+            placed.append((user_id, provider_order_id, quantity))
+    return placed
+
+
+def seed_demo(settings: Settings, config: ProviderConfig) -> None:
+    engine = open_engine(settings.database_url)
+    try:
+        for user_id, amount in DEMO_USERS.items():
+            deposit(engine, user_id, amount, f"demo-welcome-{user_id}", settings.money_decimals)
+        for number, (user_id, provider_order_id, quantity) in enumerate(
+                asyncio.run(_place_demo_orders(config)), start=1):
+            place_order(engine, NewOrder(
+                id=number, user_id=user_id, provider=PROVIDER,
+                provider_order_id=provider_order_id, quantity=quantity,
+                charge=demo_charge(quantity), service="1",
+                link=f"https://instagram.com/demo{user_id}"),
+                decimals=settings.money_decimals, poll_interval=settings.poll_interval)
+    finally:
+        engine.dispose()
+
+
+def reset_demo_redis(redis_url: str) -> None:
+    """Forget the previous demo run: its events, history and queued jobs name orders of a
+    database that no longer exists (and its event ids would shadow the new ones)."""
+    import redis
+    from rq import Queue
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        stale = list(client.scan_iter(match=f"{REDIS_PREFIX}:*", count=1000))
+        if stale:
+            client.delete(*stale)
+        Queue(REDIS_PREFIX, connection=client).empty()
+    finally:
+        client.close()
+
+
+def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.0.1") -> int:
+    env_has_db = "DATABASE_URL" in os.environ
+    database_url = base.database_url if env_has_db else \
+        f"sqlite:///{Path.cwd() / 'paxyo-demo.db'}"
+    if not env_has_db:
+        for suffix in ("", "-wal", "-shm"):
+            Path.cwd().joinpath(f"paxyo-demo.db{suffix}").unlink(missing_ok=True)
+    private_redis: PrivateRedis | None = None
+    redis_url = base.redis_url
+    if not answers(redis_url):
+        private_redis = PrivateRedis(_free_port())
+        redis_url = private_redis.start()
+        print(f"No Redis answered at {base.redis_url}: started a private one at {redis_url}")
+    reset_demo_redis(redis_url)
+    sim_port = _free_port()
+    provider_url = f"http://127.0.0.1:{sim_port}/api/v2"
+    poll = base.poll_interval if "PAXYO_POLL_INTERVAL" in os.environ else DEMO_POLL_INTERVAL
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "PORT": str(port),
+        "PAXYO_DEMO": "1",
+        "PAXYO_REDIS_PREFIX": REDIS_PREFIX,
+        "PAXYO_QUEUE": REDIS_PREFIX,
+        "PAXYO_POLL_INTERVAL": str(poll),
+        f"PAXYO_PROVIDER_{PROVIDER.upper()}_URL": provider_url,
+        f"PAXYO_PROVIDER_{PROVIDER.upper()}_KEY": PROVIDER_KEY,
+        "PAXYO_JWT_SECRET": base.jwt_secret or secrets.token_urlsafe(32),
+        "PAXYO_ADMIN_TOKEN": base.admin_token or secrets.token_urlsafe(24),
+    }
+    settings = Settings.from_env(env)
+    children = Children()
+    try:
+        children.start("simulator", ["simulator", "--port", str(sim_port),
+                                     "--key", PROVIDER_KEY, "--seed", "1"], env)
+        _wait_http(f"http://127.0.0.1:{sim_port}/sim/stats")
+        upgrade(database_url)
+        seed_demo(settings, settings.providers[PROVIDER])
+        children.start("dispatcher", ["dispatcher"], env)
+        for n in range(workers):
+            children.start(f"worker.{n + 1}", ["worker"], env)
+        children.start("web", ["gateway", "--host", host], env)
+        _wait_http(f"http://127.0.0.1:{port}/healthz")
+        _banner(host, port, env, poll)
+        while (gone := children.exited()) is None:
+            time.sleep(0.5)
+        print(f"paxyo demo: {gone[0]} exited with code {gone[1]}; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopping the demo...")
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        children.stop()
+        if private_redis is not None:
+            private_redis.stop()
+
+
+def _banner(host: str, port: int, env: dict[str, str], poll: float) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    print(f"""
+Paxyo Realtime demo is running.
+  Demo page:    http://{shown}:{port}/
+  HTTP API:     http://{shown}:{port}/v1  (Authorization: Bearer {env['PAXYO_ADMIN_TOKEN']})
+  Metrics:      http://{shown}:{port}/metrics
+  Simulator:    {env['PAXYO_PROVIDER_DEMO_URL']}  (key {PROVIDER_KEY})
+  Poll interval {poll:g}s; demo users {', '.join(map(str, DEMO_USERS))}. Ctrl-C stops everything.
+""", flush=True)
