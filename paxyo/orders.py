@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from paxyo.clock import iso_z, utcnow
 from paxyo.errors import Conflict, NotFound
 from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_event
-from paxyo.ledger import EntryKind, InsufficientBalance, LedgerEntry, lock_balance, post_entry
+from paxyo.ledger import EntryKind, LedgerEntry, lock_balance, post_entry
 from paxyo.money import ZERO, format_money
 from paxyo.schedule import first_check_delay
 from paxyo.statuses import PENDING
@@ -65,7 +65,8 @@ def place_order(engine: Engine, new: NewOrder, *, decimals: int,
         if existing is not None:
             return PlaceResult(order_view(existing, decimals), created=False, event=None)
         if balance is None or balance < new.charge:
-            raise Conflict(str(InsufficientBalance(balance or ZERO, new.charge)))
+            raise Conflict(f"insufficient balance: {format_money(balance or ZERO, decimals)} "
+                           f"available, {format_money(new.charge, decimals)} needed")
         conn.execute(insert(orders).values(
             id=new.id, user_id=new.user_id, provider=new.provider,
             provider_order_id=new.provider_order_id, service=new.service, link=new.link,
