@@ -17,6 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.leader import LeaderLock
 from dispatcher.planner import Shard, plan_shards
+from monitoring.metrics import METRICS, REGISTRY, Metrics
+from monitoring.push import MetricsPusher, serve_process_metrics
 from paxyo.clock import utcnow
 from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
@@ -48,8 +50,10 @@ def dispatcher_lag(engine: Engine, now: datetime) -> float:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, engine: Engine, client: redis.Redis) -> None:
+    def __init__(self, settings: Settings, engine: Engine, client: redis.Redis,
+                 metrics: Metrics = METRICS) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.engine = engine
         self.redis = client
         self.keys = Keys(settings.redis_prefix)
@@ -62,7 +66,9 @@ class Dispatcher:
 
     def tick(self) -> list[Shard]:
         """One tick: renew leadership; as leader, enqueue due shards and sweep the outbox."""
-        if not self.lock.acquire_or_renew():
+        leading = self.lock.acquire_or_renew()
+        self.metrics.dispatcher_leader.set(1 if leading else 0)
+        if not leading:
             return []
         now = utcnow()
         shards = plan_shards(self.engine, now=now, poll_interval=self.settings.poll_interval,
@@ -91,6 +97,7 @@ class Dispatcher:
             self.queue.enqueue_many(jobs, pipeline=pipe)
             pipe.execute()
         self.enqueued += len(shards)
+        self.metrics.shards_enqueued.inc(len(shards))
         log.info("enqueued %d shards (%d orders)", len(shards),
                  sum(len(s.order_ids) for s in shards))
 
@@ -105,6 +112,8 @@ def run_dispatcher(settings: Settings, *, stop: threading.Event | None = None) -
     dispatcher = Dispatcher(settings, engine, client)
     log.info("dispatcher %s started (poll interval %ss)", dispatcher.lock.identity[:8],
              settings.poll_interval)
+    pusher = MetricsPusher(REGISTRY, client, dispatcher.keys, "dispatcher").start()
+    serve_process_metrics(REGISTRY, settings.metrics_port)
     try:
         while not stop.is_set():
             started = time.monotonic()
@@ -119,5 +128,7 @@ def run_dispatcher(settings: Settings, *, stop: threading.Event | None = None) -
     finally:
         with contextlib.suppress(redis.RedisError):
             dispatcher.lock.release()
+        dispatcher.metrics.dispatcher_leader.set(0)
+        pusher.stop()
         engine.dispose()
         log.info("dispatcher stopped")

@@ -1,7 +1,11 @@
-"""Prometheus metrics shared by every process type.
+"""Prometheus metrics every process type records into its own registry.
 
-Names follow ``paxyo_<subsystem>_<name>_<unit>``; labels are bounded sets (provider id,
-outcome, status class), never an order or user id.
+Names follow ``paxyo_<subsystem>_<name>_<unit>``; labels are bounded sets (provider id, action,
+outcome, status class, refund kind), never an order or user id. Counters and histograms here
+are per process; :mod:`monitoring.push` ships each process's registry to Redis and
+:mod:`monitoring.collectors` merges them for the web process's ``/metrics``. Values read at
+scrape time from their source of truth (queue depth, lag, backlog...) live in
+:mod:`monitoring.collectors`, not here.
 """
 
 from __future__ import annotations
@@ -19,11 +23,17 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._orders(registry)
+        self._providers(registry)
+        self._dispatcher(registry)
+        self._gateway(registry)
+
+    def _orders(self, registry: CollectorRegistry) -> None:
         self.orders_checked = Counter(
             "paxyo_orders_checked_total", "Order status observations applied",
             ["provider"], registry=registry)
         self.status_transitions = Counter(
-            "paxyo_order_status_transitions_total", "Order status changes",
+            "paxyo_order_status_transitions_total", "Order status changes, by status class",
             ["from_status", "to_status"], registry=registry)
         self.unknown_statuses = Counter(
             "paxyo_order_unknown_status_total", "Provider statuses that map to no known class",
@@ -33,6 +43,8 @@ class Metrics:
         self.refund_amount = Counter(
             "paxyo_refunded_amount_total", "Money refunded, in account currency units",
             ["kind"], registry=registry)
+
+    def _providers(self, registry: CollectorRegistry) -> None:
         self.provider_requests = Counter(
             "paxyo_provider_requests_total", "Provider API requests by action and outcome",
             ["provider", "action", "outcome"], registry=registry)
@@ -43,9 +55,19 @@ class Metrics:
             "paxyo_provider_bad_entries_total",
             "Per-order entries in provider replies that could not be used",
             ["provider", "reason"], registry=registry)
+
+    def _dispatcher(self, registry: CollectorRegistry) -> None:
+        self.shards_enqueued = Counter(
+            "paxyo_dispatcher_shards_enqueued_total", "Shards (RQ jobs) enqueued by the leader",
+            registry=registry)
+        self.dispatcher_leader = Gauge(
+            "paxyo_dispatcher_leader", "1 while this dispatcher process holds the leadership",
+            registry=registry)
         self.events_published = Counter(
             "paxyo_stream_events_published_total", "Outbox events written to Redis Streams",
             registry=registry)
+
+    def _gateway(self, registry: CollectorRegistry) -> None:
         self.gateway_connections = Gauge(
             "paxyo_gateway_connections", "Open WebSocket connections", registry=registry)
         self.events_delivered = Counter(

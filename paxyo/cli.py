@@ -15,7 +15,7 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "port",
-                                                      "poll_interval")}
+                                                      "poll_interval", "metrics_port")}
     return Settings.from_env(**overrides)
 
 
@@ -87,6 +87,45 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, port=args.port or settings.port, workers=args.workers)
 
 
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from paxyo import ops
+    from paxyo.store.engine import open_engine
+
+    engine = open_engine(settings.database_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        db = ops.read_database_status(engine)
+        print(ops.format_status(db, ops.read_redis_status(client, settings, db.open_orders)))
+    except (SQLAlchemyError, redis.RedisError) as exc:
+        print(f"paxyo status: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+        client.close()
+    return 0
+
+
+def cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
+    import redis
+
+    from paxyo import ops
+
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    if args.failed_command == "list":
+        print(ops.format_failed(ops.list_failed(client, settings.queue_name)))
+        return 0
+    if not args.all and not args.job_ids:
+        print("paxyo failed requeue: give JOB_ID... or --all", file=sys.stderr)
+        return 2
+    requeued = ops.requeue_failed(client, settings.queue_name,
+                                  None if args.all else args.job_ids)
+    print(f"requeued {len(requeued)} job(s)")
+    return 0
+
+
 def _print_flush(line: str) -> None:
     print(line, flush=True)
 
@@ -124,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="RQ worker that checks shards")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(func=cmd_worker)
+    for proc in (disp, worker):
+        proc.add_argument("--metrics-port", type=int,
+                          help="also serve this process's metrics here (PAXYO_METRICS_PORT)")
+
+    status = sub.add_parser("status", help="open orders, queue, dispatcher, outbox, gateways")
+    status.set_defaults(func=cmd_status)
+    failed = sub.add_parser("failed", help="RQ jobs that failed every retry")
+    failed_sub = failed.add_subparsers(dest="failed_command", required=True, metavar="ACTION")
+    failed_sub.add_parser("list", help="list failed jobs").set_defaults(func=cmd_failed)
+    requeue = failed_sub.add_parser("requeue", help="put failed jobs back on the queue")
+    requeue.add_argument("job_ids", nargs="*", metavar="JOB_ID")
+    requeue.add_argument("--all", action="store_true", help="requeue every failed job")
+    requeue.set_defaults(func=cmd_failed)
 
     demo = sub.add_parser("demo", help="run everything on this machine with demo data")
     demo.add_argument("--port", type=int, help="overrides PORT (default 8080)")

@@ -140,6 +140,7 @@ def reset_demo_redis(redis_url: str) -> None:
 
 
 def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.0.1") -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: children first
     env_has_db = "DATABASE_URL" in os.environ
     database_url = base.database_url if env_has_db else \
         f"sqlite:///{Path.cwd() / 'paxyo-demo.db'}"
@@ -196,6 +197,10 @@ def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.
         children.stop()
         if private_redis is not None:
             private_redis.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _banner(host: str, port: int, env: dict[str, str], poll: float) -> None:

@@ -49,6 +49,7 @@ class Settings:
     history_ttl: float = 86400.0
     allowed_origins: tuple[str, ...] = ()
     log_format: str = "text"
+    metrics_port: int | None = None  # worker/dispatcher: also serve own metrics on this port
     demo: bool = False
 
     @classmethod
@@ -70,6 +71,7 @@ class Settings:
         _number(env, values, "PAXYO_LEASE_SECONDS", "lease_seconds", float, 1, 86400)
         _number(env, values, "PAXYO_HISTORY_SIZE", "history_size", int, 1, 100_000)
         _number(env, values, "PAXYO_HISTORY_TTL", "history_ttl", float, 1, 30 * 86400)
+        _number(env, values, "PAXYO_METRICS_PORT", "metrics_port", int, 1, 65535)
         for var, key in (("PAXYO_JWT_SECRET", "jwt_secret"), ("PAXYO_ADMIN_TOKEN", "admin_token"),
                          ("PAXYO_CURRENCY", "currency"), ("PAXYO_REDIS_PREFIX", "redis_prefix"),
                          ("PAXYO_QUEUE", "queue_name")):

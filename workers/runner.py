@@ -8,6 +8,9 @@ import redis
 from rq import Queue
 from rq.worker import SimpleWorker
 
+from monitoring.metrics import REGISTRY
+from monitoring.push import MetricsPusher, serve_process_metrics
+from paxyo.keys import Keys
 from paxyo.settings import Settings
 from workers.context import current_context
 
@@ -35,5 +38,11 @@ def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int | None 
     worker = ShardWorker([queue_for(settings, connection)], connection=connection)
     log.info("worker %s on queue %s (%d providers)", worker.name, settings.queue_name,
              len(ctx.settings.providers))
-    return worker.work(burst=burst, with_scheduler=True, max_jobs=max_jobs,
-                       logging_level="WARNING")
+    # metrics: push this process's registry for web's /metrics (and serve it, if a port is set)
+    pusher = MetricsPusher(REGISTRY, connection, Keys(settings.redis_prefix), "worker").start()
+    serve_process_metrics(REGISTRY, settings.metrics_port)
+    try:
+        return worker.work(burst=burst, with_scheduler=True, max_jobs=max_jobs,
+                           logging_level="WARNING")
+    finally:
+        pusher.stop()
