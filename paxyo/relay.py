@@ -95,13 +95,24 @@ class OutboxRelay:
         self._script = redis_client.register_script(_PUBLISH)
 
     def publish_ids(self, outbox_ids: Sequence[int]) -> int:
-        """Publish these rows (just committed); returns how many were new to Redis."""
+        """Publish these rows (just committed); returns how many were new to Redis.
+
+        Events must reach Redis in id order per user, or a client resuming from a later id
+        would never be sent an earlier one. So the unpublished rows of the same users up to
+        these ids are published too, in id order. That suffices: a user's events get their
+        ids under that user's account lock, so an earlier one has committed before a later
+        one exists, and it is marked published only once Redis holds it.
+        """
         if not outbox_ids:
             return 0
         with self.engine.connect() as conn:
-            rows = conn.execute(select(outbox).where(outbox.c.id.in_(list(outbox_ids)))
-                                .order_by(outbox.c.id)).all()
-        return self._publish_rows(rows)
+            users = select(outbox.c.user_id).where(outbox.c.id.in_(list(outbox_ids)))
+            rows = conn.execute(
+                select(outbox).where(outbox.c.published_at.is_(None),
+                                     outbox.c.user_id.in_(users),
+                                     outbox.c.id <= max(outbox_ids))
+                .order_by(outbox.c.id)).all()
+        return self._publish_rows(rows) if rows else 0
 
     def sweep(self, *, older_than: float = 2.0, batch: int = 500) -> int:
         """Publish rows left unpublished (by a crash, or Redis being down); returns rows swept."""

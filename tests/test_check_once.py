@@ -62,7 +62,11 @@ def test_one_cycle_refunds_exactly_and_prints_the_seed_lines(settings, engine, s
     # the events reached Redis, once each
     client = redis.Redis.from_url(settings.redis_url)
     entries = client.xrange(Keys(settings.redis_prefix).events)
-    assert len(entries) == 4
+    # the cycle's 4 changes, preceded (in id order) by the users' unpublished earlier events
+    changes = [e for _, e in entries if b'"previous_status":"Pending"' in e[b"d"]]
+    assert len(changes) == 4
+    ids = [int(e[b"i"]) for _, e in entries]
+    assert ids == sorted(set(ids))
     assert b'"refund":"7.00"' in b"".join(e[1][b"d"] for e in entries)
 
     again, lines2 = cycle(settings, engine)

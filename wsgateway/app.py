@@ -41,13 +41,17 @@ RELAY = web.AppKey("relay", OutboxRelay)  # publishes committed outbox rows (syn
 
 def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Application:
     """The web process's application; pass ``engine`` to share one (the caller disposes it)."""
-    from wsgateway import health, http_api  # they import the keys below
+    from wsgateway import demo, health, http_api  # they import the keys below
+    from wsgateway.ws import setup_websocket
 
     app = web.Application(middlewares=[http_api.error_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(functools.partial(_resources, engine=engine))
+    setup_websocket(app, settings)  # after _resources: /ws uses its Redis and engine
     health.add_routes(app)
     app.add_subapp("/v1", http_api.create_api())
+    if settings.demo:
+        demo.setup_demo(app, settings)
     return app
 
 

@@ -1,0 +1,238 @@
+"""The demo page and its endpoints, over real HTTP with a real database, Redis and simulator."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from paxyo.accounts import deposit
+from paxyo.keys import Keys
+from paxyo.settings import Settings
+from paxyo.store.engine import open_engine
+from tests.support import ServerThread, SimulatorHandle, http_json
+from wsgateway.app import create_app
+from wsgateway.auth import verify_token
+
+SECRET = "test-jwt-secret-that-is-long-enough"
+EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?(https?:)?//""",
+                      re.I)
+DEMO_PATHS = [("GET", "/"), ("GET", "/demo.js"), ("GET", "/demo.css"),
+              ("POST", "/demo/login"), ("GET", "/demo/users/111/orders"),
+              ("POST", "/demo/orders"), ("POST", "/demo/orders/1/simulate")]
+
+
+class Demo:
+    def __init__(self, url: str, simulator: SimulatorHandle) -> None:
+        self.url = url
+        self.simulator = simulator
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        return http_json(method, self.url + path, body)
+
+    def raw(self, path: str) -> tuple[int, str, bytes]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+
+    def place(self, quantity: int = 1000, user_id: int = 111) -> dict[str, Any]:
+        status, body = self.call("POST", "/demo/orders", {"user_id": user_id,
+                                                          "quantity": quantity, "service": 1})
+        assert status == 201, body
+        return body
+
+    def sim_order(self, provider_order_id: str) -> dict[str, Any]:
+        status, body = http_json("GET", f"{self.simulator.url}/sim/orders/{provider_order_id}")
+        assert status == 200, body
+        return body
+
+
+def _settings(sqlite_url: str, redis_url: str, redis_prefix: str, simulator: SimulatorHandle,
+              demo: bool) -> Settings:
+    return Settings.from_env({
+        "DATABASE_URL": sqlite_url,
+        "REDIS_URL": redis_url,
+        "PAXYO_REDIS_PREFIX": redis_prefix,
+        "PAXYO_PROVIDER_DEMO_URL": simulator.api_url,
+        "PAXYO_PROVIDER_DEMO_KEY": simulator.key,
+        "PAXYO_JWT_SECRET": SECRET,
+        "PAXYO_ADMIN_TOKEN": "test-admin-token",
+        "PAXYO_DEMO": "1" if demo else "0",
+    })
+
+
+def _serve(settings: Settings, simulator: SimulatorHandle) -> Iterator[Demo]:
+    server = ServerThread(lambda: create_app(settings))
+    server.start()
+    try:
+        yield Demo(server.url, simulator)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def demo(sqlite_url: str, redis_url: str, redis_prefix: str,
+         simulator: SimulatorHandle) -> Iterator[Demo]:
+    engine = open_engine(sqlite_url)
+    try:
+        deposit(engine, 111, Decimal("50.00"), "welcome", 2)
+        deposit(engine, 222, Decimal("30.00"), "welcome", 2)
+    finally:
+        engine.dispose()
+    yield from _serve(_settings(sqlite_url, redis_url, redis_prefix, simulator, True), simulator)
+
+
+@pytest.fixture
+def production(sqlite_url: str, redis_url: str, redis_prefix: str,
+               simulator: SimulatorHandle) -> Iterator[Demo]:
+    yield from _serve(_settings(sqlite_url, redis_url, redis_prefix, simulator, False), simulator)
+
+
+# -- outside demo mode nothing of it exists -----------------------------------------------------
+
+@pytest.mark.parametrize(("method", "path"), DEMO_PATHS)
+def test_demo_routes_do_not_exist_outside_demo_mode(production: Demo, method: str,
+                                                    path: str) -> None:
+    body = {"user_id": 111, "quantity": 1000, "action": "cancel"} if method == "POST" else None
+    status, reply = production.call(method, path, body)
+    assert status == 404, reply
+    assert "error" in reply
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+def test_page_and_its_assets_are_served_without_external_resources(demo: Demo) -> None:
+    status, content_type, html = demo.raw("/")
+    assert status == 200 and content_type.startswith("text/html")
+    assert b'<script src="/paxyo-realtime.js"></script>' in html
+    assert b"Place test order" in html
+    for path, kind in (("/demo.js", "javascript"), ("/demo.css", "text/css")):
+        status, content_type, _ = demo.raw(path)
+        assert status == 200 and kind in content_type
+    for path in ("/", "/demo.js", "/demo.css"):
+        text = demo.raw(path)[2].decode()
+        assert not EXTERNAL.search(text), f"{path} loads something external"
+
+
+# -- login --------------------------------------------------------------------------------------
+
+def test_login_returns_a_token_for_the_demo_user(demo: Demo) -> None:
+    status, body = demo.call("POST", "/demo/login", {"user_id": 222})
+    assert status == 200 and body["user_id"] == 222
+    assert verify_token(SECRET, body["token"]) == 222
+
+
+@pytest.mark.parametrize("body", [
+    {"user_id": 333}, {"user_id": "111"}, {"user_id": 111.0}, {"user_id": True}, {},
+    [111], b"not json",
+])
+def test_login_refuses_anyone_but_the_demo_users(demo: Demo, body: Any) -> None:
+    status, reply = demo.call("POST", "/demo/login", body)
+    assert status == 400 and "error" in reply
+
+
+# -- orders -------------------------------------------------------------------------------------
+
+def test_placing_an_order_debits_and_registers_it(demo: Demo, redis_url: str,
+                                                  redis_prefix: str) -> None:
+    first = demo.place(1000)
+    assert (first["id"], first["user_id"], first["provider"]) == (1, 111, "demo")
+    assert (first["charge"], first["refunded"], first["status"]) == ("10.00", "0.00", "Pending")
+    assert demo.sim_order(first["provider_order_id"])["quantity"] == 1000
+    second = demo.place(250)
+    assert second["id"] == 2 and second["charge"] == "2.50"
+
+    status, body = demo.call("GET", "/demo/users/111/orders")
+    assert status == 200
+    assert body["balance"] == "37.50"
+    assert [order["id"] for order in body["orders"]] == [2, 1]  # newest first
+    assert body["orders"][1] == first
+
+    # Both placements were published (history of user 111 holds their events).
+    client = redis.Redis.from_url(redis_url)
+    try:
+        events = [orjson.loads(m) for m in client.zrange(Keys(redis_prefix).history(111), 0, -1)]
+    finally:
+        client.close()
+    # (earlier unpublished events of the user, such as its seed deposit, go out first)
+    events = [e for e in events if e["type"] == "order.updated"]
+    assert [(e["order_id"], e["status"], e["balance"]) for e in events] == [
+        (1, "Pending", "40.00"), (2, "Pending", "37.50")]
+
+
+def test_orders_of_another_demo_user_are_separate(demo: Demo) -> None:
+    demo.place(1000, user_id=222)
+    assert demo.call("GET", "/demo/users/111/orders")[1]["orders"] == []
+    status, body = demo.call("GET", "/demo/users/222/orders")
+    assert status == 200 and body["balance"] == "20.00" and len(body["orders"]) == 1
+    assert demo.call("GET", "/demo/users/333/orders")[0] == 404
+    assert demo.call("GET", "/demo/users/abc/orders")[0] == 400
+
+
+def test_an_order_above_the_balance_never_reaches_the_provider(demo: Demo) -> None:
+    before = demo.simulator.stats()
+    status, body = demo.call("POST", "/demo/orders", {"user_id": 222, "quantity": 5000})
+    assert status == 409 and "balance" in body["error"]
+    assert demo.simulator.stats()["requests"] == before["requests"]
+    assert demo.call("GET", "/demo/users/222/orders")[1]["balance"] == "30.00"
+
+
+@pytest.mark.parametrize("body", [
+    {"user_id": 111}, {"user_id": 111, "quantity": 0}, {"user_id": 111, "quantity": "1000"},
+    {"user_id": 111, "quantity": 10.5}, {"user_id": 111, "quantity": 1000, "service": "x"},
+    {"user_id": 999, "quantity": 1000}, {"quantity": 1000}, b"{",
+])
+def test_bad_order_bodies_are_refused(demo: Demo, body: Any) -> None:
+    status, reply = demo.call("POST", "/demo/orders", body)
+    assert status == 400 and "error" in reply
+    assert demo.call("GET", "/demo/users/111/orders")[1]["balance"] == "50.00"
+
+
+def test_a_refusal_by_the_provider_is_a_400_and_debits_nothing(demo: Demo) -> None:
+    status, reply = demo.call("POST", "/demo/orders",
+                              {"user_id": 111, "quantity": 10})  # below the service's minimum
+    assert status == 400 and "provider" in reply["error"]
+    assert demo.call("GET", "/demo/users/111/orders")[1] == {
+        "user_id": 111, "balance": "50.00", "orders": []}
+
+
+# -- simulate -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("action", "status", "remains"), [
+    ("cancel", "Canceled", 1000), ("partial", "Partial", 700), ("complete", "Completed", 0),
+])
+def test_simulate_sets_the_order_at_the_simulator(demo: Demo, action: str, status: str,
+                                                  remains: int) -> None:
+    order = demo.place(1000)
+    code, reply = demo.call("POST", f"/demo/orders/{order['id']}/simulate", {"action": action})
+    assert code == 200, reply
+    assert (reply["status"], reply["remains"]) == (status, remains)
+    at_simulator = demo.sim_order(order["provider_order_id"])
+    assert (at_simulator["status"], at_simulator["remains"], at_simulator["frozen"]) == (
+        status, remains, True)
+    # The panel's side changes only when a worker checks the order, not here.
+    assert demo.call("GET", "/demo/users/111/orders")[1]["orders"][0]["status"] == "Pending"
+
+
+def test_partial_remains_are_seventy_percent_rounded_down(demo: Demo) -> None:
+    order = demo.place(55)
+    demo.call("POST", f"/demo/orders/{order['id']}/simulate", {"action": "partial"})
+    assert demo.sim_order(order["provider_order_id"])["remains"] == 38
+
+
+@pytest.mark.parametrize("body", [{"action": "refund"}, {}, {"action": None}, [1], b"x"])
+def test_simulate_refuses_bad_actions(demo: Demo, body: Any) -> None:
+    order = demo.place(1000)
+    status, reply = demo.call("POST", f"/demo/orders/{order['id']}/simulate", body)
+    assert status == 400 and "error" in reply
+
+
+def test_simulate_an_unknown_order_is_404(demo: Demo) -> None:
+    status, reply = demo.call("POST", "/demo/orders/77/simulate", {"action": "cancel"})
+    assert status == 404 and "77" in reply["error"]

@@ -1,0 +1,58 @@
+"""Outbox relay: idempotent, ordered per user, and nothing lost when a publish never happened."""
+
+from decimal import Decimal
+
+import redis
+
+from paxyo.accounts import deposit
+from paxyo.keys import Keys
+from paxyo.relay import OutboxRelay, RelayConfig
+
+
+def relay_for(engine, redis_url, prefix, **kw):
+    return OutboxRelay(engine, redis.Redis.from_url(redis_url), RelayConfig(Keys(prefix), **kw))
+
+
+def stream_ids(redis_url, prefix):
+    client = redis.Redis.from_url(redis_url)
+    return [int(e[b"i"]) for _, e in client.xrange(Keys(prefix).events)]
+
+
+def test_publishing_a_later_event_first_still_sends_the_users_events_in_order(
+        engine, redis_url, redis_prefix):
+    first = deposit(engine, 111, Decimal("1.00"), "a", 2).event
+    other = deposit(engine, 222, Decimal("1.00"), "b", 2).event
+    second = deposit(engine, 111, Decimal("2.00"), "c", 2).event
+    relay = relay_for(engine, redis_url, redis_prefix)
+    # the publisher of `first` is slow (or crashed): `second` is published first
+    assert relay.publish_ids([second.outbox_id]) == 2
+    assert relay.publish_ids([first.outbox_id]) == 0  # already there, recognised by id
+    assert stream_ids(redis_url, redis_prefix) == [first.outbox_id, second.outbox_id]
+    assert relay.backlog() == 1  # user 222's event waits for its own publisher or the sweeper
+    assert relay.sweep(older_than=0) == 1
+    assert stream_ids(redis_url, redis_prefix)[-1] == other.outbox_id
+    assert relay.backlog() == 0
+
+
+def test_repeat_publish_after_a_crash_before_marking_is_a_no_op(engine, redis_url, redis_prefix):
+    event = deposit(engine, 111, Decimal("1.00"), "a", 2).event
+    relay = relay_for(engine, redis_url, redis_prefix)
+    relay.publish_ids([event.outbox_id])
+    # simulate a crash between XADD and marking the row published
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE outbox SET published_at = NULL")
+    assert relay.sweep(older_than=0) == 1
+    assert stream_ids(redis_url, redis_prefix) == [event.outbox_id]
+
+
+def test_history_is_bounded_and_the_floor_records_what_was_trimmed(
+        engine, redis_url, redis_prefix):
+    relay = relay_for(engine, redis_url, redis_prefix, history_size=3)
+    events = [deposit(engine, 111, Decimal("1.00"), f"r{n}", 2).event for n in range(5)]
+    relay.publish_ids([e.outbox_id for e in events])
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(redis_prefix)
+    kept = [int(score) for _, score in client.zrange(keys.history(111), 0, -1, withscores=True)]
+    assert kept == [e.outbox_id for e in events[2:]]
+    assert int(client.hget(keys.history_floor, "111")) == events[1].outbox_id
+    assert int(client.hget(keys.history_last, "111")) == events[-1].outbox_id

@@ -1,0 +1,525 @@
+"""The WebSocket gateway over real sockets, with a real database, Redis and outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import jwt
+import orjson
+import pytest
+import redis
+from aiohttp import WSMsgType, web
+
+from paxyo.accounts import deposit
+from paxyo.events import event_id
+from paxyo.keys import Keys
+from paxyo.relay import OutboxRelay, RelayConfig
+from paxyo.settings import Settings
+from paxyo.store.engine import open_engine
+from tests.support import ServerThread, http_json
+from wsgateway import hub as hub_module
+from wsgateway.app import create_app
+from wsgateway.auth import mint_token
+from wsgateway.close_codes import CloseCode, should_reconnect
+from wsgateway.ws import setup_websocket
+
+TIMEOUT = 5.0
+
+
+def gateway_app(settings: Settings) -> web.Application:
+    app = create_app(settings)
+    if not any(r.resource is not None and r.resource.canonical == "/ws"
+               for r in app.router.routes()):
+        setup_websocket(app, settings)
+    return app
+
+
+@contextlib.contextmanager
+def serve(settings: Settings) -> Iterator[ServerThread]:
+    server = ServerThread(lambda: gateway_app(settings))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Publisher:
+    """Deposits through the domain and publishes them with the real outbox relay."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = open_engine(settings.database_url)
+        self.redis = redis.Redis.from_url(settings.redis_url)
+        self.keys = Keys(settings.redis_prefix)
+        self.relay = OutboxRelay(self.engine, self.redis, RelayConfig(
+            self.keys, settings.history_size, settings.history_ttl))
+
+    def commit(self, user_id: int, amount: str = "1.00") -> int:
+        """Deposit without publishing; returns the outbox id."""
+        result = deposit(self.engine, user_id, Decimal(amount), uuid.uuid4().hex, 2)
+        assert result.event is not None
+        return result.event.outbox_id
+
+    def deposit(self, user_id: int, amount: str = "1.00") -> int:
+        outbox_id = self.commit(user_id, amount)
+        assert self.relay.publish_ids([outbox_id]) == 1
+        return outbox_id
+
+    def stored_bytes(self, user_id: int, outbox_id: int) -> bytes:
+        [member] = self.redis.zrangebyscore(self.keys.history(user_id), outbox_id, outbox_id)
+        return member
+
+    def close(self) -> None:
+        self.redis.close()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def publisher(settings: Settings) -> Iterator[Publisher]:
+    pub = Publisher(settings)
+    yield pub
+    pub.close()
+
+
+@pytest.fixture
+def gateway(settings: Settings) -> Iterator[ServerThread]:
+    with serve(settings) as server:
+        yield server
+
+
+def ws_url(server: ServerThread, settings: Settings, user_id: int,
+           last_id: str | int | None = None, token: str | None = None) -> str:
+    token = token or mint_token(settings.jwt_secret or "", user_id)
+    url = f"{server.url}/ws?token={token}"
+    if last_id is not None:
+        url += f"&last_id={event_id(last_id) if isinstance(last_id, int) else last_id}"
+    return url
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse, timeout: float = TIMEOUT) -> dict[str, Any]:
+    message = await ws.receive(timeout=timeout)
+    assert message.type is WSMsgType.TEXT, message
+    return orjson.loads(message.data)
+
+
+async def expect_silence(ws: aiohttp.ClientWebSocketResponse, seconds: float = 0.3) -> None:
+    with pytest.raises(asyncio.TimeoutError):
+        message = await ws.receive(timeout=seconds)
+        pytest.fail(f"unexpected message {message}")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+# -- hello and resume ----------------------------------------------------------------------------
+
+def test_hello_without_last_id_is_not_recovered_and_replays_nothing(
+        gateway: ServerThread, settings: Settings, publisher: Publisher) -> None:
+    publisher.deposit(111, "10.00")
+    last = publisher.deposit(111, "5.00")
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(ws_url(gateway, settings, 111)) as ws:
+                assert await receive(ws) == {"type": "hello", "user_id": 111, "balance": "15.00",
+                                             "last_id": event_id(last), "recovered": False}
+                await expect_silence(ws)
+            async with session.ws_connect(ws_url(gateway, settings, 999)) as ws:
+                assert await receive(ws) == {"type": "hello", "user_id": 999, "balance": "0.00",
+                                             "last_id": None, "recovered": False}
+
+    run(scenario())
+
+
+def test_resume_replays_exactly_the_missed_events_then_live(
+        gateway: ServerThread, settings: Settings, publisher: Publisher) -> None:
+    ids = [publisher.deposit(111) for _ in range(5)]
+
+    async def scenario() -> None:
+        url = ws_url(gateway, settings, 111, ids[1])
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            hello = await receive(ws)
+            assert hello["recovered"] is True and hello["last_id"] == event_id(ids[-1])
+            for expected in ids[2:]:
+                message = await ws.receive(timeout=TIMEOUT)
+                assert message.data.encode() == publisher.stored_bytes(111, expected)
+            live = await asyncio.to_thread(publisher.deposit, 111)
+            assert (await receive(ws))["id"] == event_id(live)
+            await expect_silence(ws)
+
+    run(scenario())
+
+
+def test_resume_is_gapless_while_events_arrive_during_replay(
+        gateway: ServerThread, settings: Settings, publisher: Publisher) -> None:
+    first = publisher.deposit(111)
+    published = [first]
+    stop = threading.Event()
+
+    def keep_publishing() -> None:
+        while not stop.is_set() and len(published) < 60:
+            published.append(publisher.deposit(111))
+
+    async def scenario() -> list[int]:
+        seen: list[int] = []
+        async with aiohttp.ClientSession() as session:
+            thread = threading.Thread(target=keep_publishing)
+            thread.start()
+            try:
+                for _ in range(5):  # reconnect repeatedly while the publisher runs
+                    await asyncio.sleep(0.02)
+                    last = seen[-1] if seen else first
+                    async with session.ws_connect(ws_url(gateway, settings, 111, last)) as ws:
+                        assert (await receive(ws))["recovered"] is True
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            for _ in range(4):
+                                seen.append(int((await receive(ws, 0.5))["id"]))
+            finally:
+                stop.set()
+                thread.join(TIMEOUT)
+            async with session.ws_connect(ws_url(gateway, settings, 111, seen[-1])) as ws:
+                await receive(ws)
+                while len(seen) < len(published) - 1:
+                    seen.append(int((await receive(ws))["id"]))
+                await expect_silence(ws)
+        return seen
+
+    seen = run(scenario())
+    assert seen == published[1:]
+
+
+def test_last_id_older_than_the_history_is_not_recovered(settings: Settings) -> None:
+    settings = settings.with_overrides(history_size=3)
+    publisher = Publisher(settings)
+    try:
+        ids = [publisher.deposit(111) for _ in range(6)]  # the history keeps ids[3:]
+        with serve(settings) as server:
+
+            async def hello_for(last_id: str | int) -> tuple[dict[str, Any], list[int]]:
+                async with aiohttp.ClientSession() as session:
+                    url = ws_url(server, settings, 111, last_id)
+                    async with session.ws_connect(url) as ws:
+                        hello = await receive(ws)
+                        replayed = []
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            while True:
+                                replayed.append(int((await receive(ws, 0.3))["id"]))
+                        return hello, replayed
+
+            hello, replayed = run(hello_for(ids[1]))
+            assert hello["recovered"] is False and replayed == []
+            assert hello["last_id"] == event_id(ids[-1])
+            hello, replayed = run(hello_for(ids[2]))  # the floor itself: all after it are kept
+            assert hello["recovered"] is True and replayed == ids[3:]
+            hello, replayed = run(hello_for("not-an-id"))
+            assert hello["recovered"] is False and replayed == []
+            hello, replayed = run(hello_for(ids[-1] + 1000))  # newer than anything published
+            assert hello["recovered"] is False and replayed == []
+    finally:
+        publisher.close()
+
+
+def test_expired_history_is_not_recovered(
+        gateway: ServerThread, settings: Settings, publisher: Publisher) -> None:
+    ids = [publisher.deposit(111) for _ in range(3)]
+    keys = Keys(settings.redis_prefix)
+    publisher.redis.delete(keys.history(111), keys.history_times(111))  # as if the TTL passed
+
+    async def scenario() -> dict[str, Any]:
+        url = ws_url(gateway, settings, 111, ids[0])
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            hello = await receive(ws)
+            await expect_silence(ws)
+            return hello
+
+    assert run(scenario())["recovered"] is False
+
+
+# -- routing ------------------------------------------------------------------------------------
+
+def test_live_event_reaches_only_its_user(
+        gateway: ServerThread, settings: Settings, publisher: Publisher) -> None:
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            mine = await session.ws_connect(ws_url(gateway, settings, 111))
+            other = await session.ws_connect(ws_url(gateway, settings, 222, "0"))
+            await receive(mine), await receive(other)
+            outbox_id = await asyncio.to_thread(publisher.deposit, 111, "2.50")
+            message = await mine.receive(timeout=TIMEOUT)
+            assert message.type is WSMsgType.TEXT
+            assert message.data.encode() == publisher.stored_bytes(111, outbox_id)
+            event = orjson.loads(message.data)
+            assert event["type"] == "balance.updated" and event["balance"] == "2.50"
+            await expect_silence(other)
+            await mine.close(), await other.close()
+            # Another user's token never replays user 111's history either.
+            async with session.ws_connect(ws_url(gateway, settings, 222, "0")) as ws:
+                hello = await receive(ws)
+                assert hello["user_id"] == 222 and hello["last_id"] is None
+                await expect_silence(ws)
+
+    run(scenario())
+
+
+def test_republished_and_duplicated_stream_entries_are_delivered_once(
+        gateway: ServerThread, settings: Settings, publisher: Publisher) -> None:
+    async def scenario() -> None:
+        url = ws_url(gateway, settings, 111)
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            await receive(ws)
+            first = await asyncio.to_thread(publisher.commit, 111)
+            assert publisher.relay.publish_ids([first]) == 1
+            assert publisher.relay.publish_ids([first]) == 0  # a repeat is a no-op
+            keys = publisher.keys
+            publisher.redis.xadd(keys.events, {  # a duplicate the Lua guard did not stop
+                "u": 111, "i": first, "t": int(time.time() * 1000),
+                "d": publisher.stored_bytes(111, first)})
+            second = await asyncio.to_thread(publisher.deposit, 111)
+            assert [int((await receive(ws))["id"]) for _ in range(2)] == [first, second]
+            await expect_silence(ws)
+
+    run(scenario())
+
+
+def test_two_gateways_and_a_client_moving_between_them(
+        settings: Settings, publisher: Publisher) -> None:
+    published: list[int] = []
+    stop = threading.Event()
+
+    def keep_publishing() -> None:
+        while not stop.is_set() and len(published) < 40:
+            published.append(publisher.deposit(111))
+            time.sleep(0.005)
+
+    with serve(settings) as a, serve(settings) as b:
+
+        async def scenario() -> list[int]:
+            async with aiohttp.ClientSession() as session:
+                on_a = await session.ws_connect(ws_url(a, settings, 111))
+                on_b = await session.ws_connect(ws_url(b, settings, 222))
+                await receive(on_a), await receive(on_b)
+                other = await asyncio.to_thread(publisher.deposit, 222)
+                assert (await receive(on_b))["id"] == event_id(other)
+                seen: list[int] = []
+                thread = threading.Thread(target=keep_publishing)
+                thread.start()
+                try:
+                    while len(seen) < 10:
+                        seen.append(int((await receive(on_a))["id"]))
+                    await on_a.close()  # move to gateway B mid-stream
+                    moved = await session.ws_connect(ws_url(b, settings, 111, seen[-1]))
+                    assert (await receive(moved))["recovered"] is True
+                finally:
+                    thread.join(TIMEOUT * 4)
+                while len(seen) < len(published):
+                    seen.append(int((await receive(moved))["id"]))
+                await expect_silence(moved)
+                await expect_silence(on_b)
+                await moved.close(), await on_b.close()
+                return seen
+
+        seen = run(scenario())
+    stop.set()
+    assert len(published) == 40
+    assert seen == published
+
+
+# -- slow clients, heartbeat, shutdown -----------------------------------------------------------
+
+def test_slow_client_is_closed_with_4008_while_others_keep_receiving(
+        settings: Settings, publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "SEND_QUEUE_SIZE", 4)
+    keys = publisher.keys
+    big = b"x" * 256 * 1024
+
+    with serve(settings) as server:
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as session:
+                slow = await session.ws_connect(ws_url(server, settings, 333),
+                                                max_msg_size=1 << 20)
+                normal = await session.ws_connect(ws_url(server, settings, 111))
+                await receive(slow), await receive(normal)
+                pipe = publisher.redis.pipeline(transaction=False)
+                for n in range(1, 121):  # ~30 MB: more than socket buffers can hide
+                    payload = b'{"type":"order.updated","id":"%d","pad":"%s"}' % (n, big)
+                    pipe.xadd(keys.events, {"u": 333, "i": 10_000_000 + n,
+                                            "t": int(time.time() * 1000), "d": payload})
+                await asyncio.to_thread(pipe.execute)
+                for _ in range(2):
+                    outbox_id = await asyncio.to_thread(publisher.deposit, 111)
+                    assert (await receive(normal))["id"] == event_id(outbox_id)
+                received = 0
+                while True:  # now read: the data that was queued, then the close
+                    message = await slow.receive(timeout=TIMEOUT)
+                    if message.type is not WSMsgType.TEXT:
+                        break
+                    received += 1
+                assert message.type is WSMsgType.CLOSE, message
+                assert message.data == CloseCode.TOO_SLOW
+                assert received < 120
+                outbox_id = await asyncio.to_thread(publisher.deposit, 111)
+                assert (await receive(normal))["id"] == event_id(outbox_id)
+                await slow.close(), await normal.close()
+
+        run(scenario())
+
+
+def test_ping_is_answered_and_other_messages_ignored(
+        gateway: ServerThread, settings: Settings) -> None:
+    async def scenario() -> None:
+        url = ws_url(gateway, settings, 111)
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            await receive(ws)
+            await ws.send_str("hello there")
+            await expect_silence(ws, 0.2)
+            await ws.send_str("ping")
+            assert await receive(ws) == {"type": "pong"}
+
+    run(scenario())
+
+
+def test_shutdown_closes_sockets_with_1001(settings: Settings) -> None:
+    server = ServerThread(lambda: gateway_app(settings))
+    server.start()
+
+    async def scenario() -> int | None:
+        url = ws_url(server, settings, 111)
+        async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+            await receive(ws)
+            await asyncio.to_thread(server.stop)
+            message = await ws.receive(timeout=TIMEOUT)
+            assert message.type is WSMsgType.CLOSE, message
+            return message.data  # the code in the close frame
+
+    assert run(scenario()) == CloseCode.GOING_AWAY
+
+
+# -- refusals -----------------------------------------------------------------------------------
+
+TOKEN_KINDS = ["missing", "garbage", "expired", "wrong secret", "alg none", "no exp", "bad sub"]
+
+
+def _tokens(secret: str) -> dict[str, str | None]:
+    now = int(time.time())
+    return {
+        "missing": None,
+        "garbage": "not.a.jwt",
+        "expired": mint_token(secret, 111, ttl=-60),
+        "wrong secret": mint_token("another-secret-of-sufficient-length!", 111),
+        "alg none": jwt.encode({"sub": "111", "exp": now + 60}, None, algorithm="none"),
+        "no exp": jwt.encode({"sub": "111"}, secret, algorithm="HS256"),
+        "bad sub": jwt.encode({"sub": "abc", "exp": now + 60}, secret, algorithm="HS256"),
+    }
+
+
+@pytest.mark.parametrize("kind", TOKEN_KINDS)
+def test_bad_tokens_are_refused_with_401(
+        gateway: ServerThread, settings: Settings, kind: str) -> None:
+    with warnings_ignored():
+        token = _tokens(settings.jwt_secret or "")[kind]
+    url = f"{gateway.url}/ws" + ("" if token is None else f"?token={token}")
+    status, body = http_json("GET", url, headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+    assert status == 401 and isinstance(body["error"], str), body
+
+    async def scenario() -> int:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(url)
+            return refused.value.status
+
+    assert run(scenario()) == 401
+
+
+def test_foreign_origin_is_refused_with_403(settings: Settings) -> None:
+    settings = settings.with_overrides(allowed_origins=("https://panel.example",))
+    with serve(settings) as server:
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(ws_url(server, settings, 111),
+                                             origin="https://evil.example")
+                assert refused.value.status == 403
+                async with session.ws_connect(ws_url(server, settings, 111),
+                                              origin="https://panel.example") as ws:
+                    assert (await receive(ws))["type"] == "hello"
+
+        run(scenario())
+
+
+def test_plain_get_is_a_400(gateway: ServerThread, settings: Settings) -> None:
+    status, body = http_json("GET", ws_url(gateway, settings, 111))
+    assert status == 400 and "WebSocket" in body["error"]
+
+
+# -- the browser client and close codes ---------------------------------------------------------
+
+def test_client_script_is_served(gateway: ServerThread) -> None:
+    async def scenario() -> tuple[int, str, str]:
+        url = f"{gateway.url}/paxyo-realtime.js"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return response.status, response.content_type, await response.text()
+
+    status, content_type, text = run(scenario())
+    assert status == 200 and content_type == "application/javascript"
+    assert 'console.log("WebSocket connected")' in text and "PaxyoRealtime" in text
+
+
+def test_close_codes_say_whether_to_reconnect() -> None:
+    assert should_reconnect(CloseCode.GOING_AWAY) and should_reconnect(CloseCode.TOO_SLOW)
+    assert not should_reconnect(CloseCode.UNAUTHORIZED)
+    assert not should_reconnect(CloseCode.BAD_REQUEST)
+
+
+@contextlib.contextmanager
+def warnings_ignored() -> Iterator[None]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def test_hub_holds_live_events_during_replay_and_drops_what_replay_covered() -> None:
+    """Deterministic interleavings of replay and live routing, on the hub alone."""
+
+    class FakeSocket:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send_str(self, text: str) -> None:
+            self.sent.append(text)
+
+    def entry(n: int, stream_ms: int, user_id: int = 111) -> tuple[bytes, dict[bytes, bytes]]:
+        return (f"{stream_ms}-0".encode(), {b"u": str(user_id).encode(), b"i": str(n).encode(),
+                                            b"t": b"1", b"d": f'{{"id":"{n}"}}'.encode()})
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+        resumed, fresh = FakeSocket(), FakeSocket()
+        during = hub.subscribe(resumed, 111)  # type: ignore[arg-type]
+        # Routed while the replay is being sent: 5 was in the history, 6 came after it.
+        hub.route([entry(5, 5), entry(6, 6), entry(7, 7, user_id=222)])
+        during.go_live({4, 5}, stream_end="5-0")
+        # The reader lagging: 5 and 6 were published before this history read (at 6-0).
+        late = hub.subscribe(fresh, 111)  # type: ignore[arg-type]
+        late.go_live(set(), stream_end="6-0")
+        hub.route([entry(5, 8), entry(9, 9), entry(9, 10)])  # a repeat of 5, then 9 twice
+        await asyncio.sleep(0.05)
+        await during.stop(), await late.stop()
+        return resumed.sent, fresh.sent
+
+    resumed, fresh = run(scenario())
+    assert resumed == ['{"id":"6"}', '{"id":"9"}']
+    assert fresh == ['{"id":"9"}']

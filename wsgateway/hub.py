@@ -1,0 +1,307 @@
+"""One Redis stream reader per process, routing each event to its user's sockets.
+
+Concurrency and lifecycle:
+
+- :class:`Hub` runs a single task that XREADs the global event stream (``BLOCK``, up to
+  ``READ_COUNT`` entries) and hands each entry to the :class:`Subscriber`s of its user. There
+  is never a Redis connection or an XREAD per socket. After a part-full batch it waits
+  ``BATCH_WAIT`` seconds so the next XREAD carries more entries (perf-notes: events per XREAD
+  dominate CPU). Each outbox id is routed once even if the stream carries it twice (a repeat
+  publish after a crash): the hub remembers the last ``SEEN_IDS`` ids.
+- Routing never awaits. Each subscriber has a bounded queue drained by its own writer task, so
+  one client that stops reading cannot stall the others; when its queue is full it is closed
+  with 4008 TOO_SLOW and resumes after reconnecting.
+- A new subscriber starts in replay mode: live events are held back while the WebSocket handler
+  sends the history. Then only stream entries after the one that was last when the history was
+  read are delivered (and never an id the replay carried): no gap and no duplicate, also for
+  events that arrive during the replay or that this hub's reader routes late.
+- Payloads are forwarded as stored (decoded once per event, never re-encoded).
+- If Redis drops, the reader logs, backs off and resumes from the last id it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from monitoring.metrics import METRICS, Metrics
+from paxyo.keys import Keys
+from wsgateway.close_codes import CloseCode, reason
+
+log = logging.getLogger("wsgateway.hub")
+
+SEND_QUEUE_SIZE = 256  # events waiting for one socket before it is closed with 4008
+READ_COUNT = 500  # entries per XREAD
+READ_BLOCK_MS = 1000  # XREAD BLOCK
+BATCH_WAIT = 0.003  # seconds to wait after a part-full batch, to batch more
+SEEN_IDS = 10_000  # recently routed outbox ids remembered to drop stream duplicates
+CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take
+STALLED_CLOSE_TIMEOUT = 1.0  # a stalled client's close frame waits behind its unread data
+STALLED_ABORT_AFTER = 30.0  # seconds a closed but unread socket may keep its buffered output
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+
+_QueueItem = tuple[str, int | None]  # text frame, event created ms (None: not an event)
+
+
+class Subscriber:
+    """One WebSocket of one user: a bounded send queue and the writer task that drains it."""
+
+    __slots__ = ("_hub", "_pending", "_queue", "_skip", "_until", "_writer", "closing", "user_id",
+                 "ws")
+
+    def __init__(self, hub: Hub, ws: web.WebSocketResponse, user_id: int, queue_size: int):
+        self._hub = hub
+        self.ws = ws
+        self.user_id = user_id
+        self.closing: CloseCode | None = None
+        self._queue: asyncio.Queue[_QueueItem] = asyncio.Queue(queue_size)
+        self._pending: list[tuple[int, str, int | None, bytes | str]] | None = []  # in replay
+        self._skip: frozenset[int] = frozenset()  # ids the replay already sent
+        self._until: tuple[int, int] | None = None  # drop stream entries up to this position
+        self._writer: asyncio.Task[None] | None = None
+
+    def deliver(self, event_id: int, text: str, created_ms: int | None,
+                stream_id: bytes | str) -> None:
+        """Queue a live event (called by the hub in stream order; never awaits)."""
+        if self.closing is not None or event_id in self._skip:
+            return
+        if self._pending is not None:
+            if len(self._pending) >= self._queue.maxsize:
+                self.close_soon(CloseCode.TOO_SLOW)
+                return
+            self._pending.append((event_id, text, created_ms, stream_id))
+            return
+        if self._until is not None:
+            if stream_position(stream_id) <= self._until:
+                return  # published before the history was read: replayed or already known
+            self._until = None
+        self._put((text, created_ms))
+
+    def send_soon(self, text: str) -> None:
+        """Queue a non-event message (e.g. a pong) behind the events already queued."""
+        if self.closing is None:
+            self._put((text, None))
+
+    def go_live(self, replayed_ids: Iterable[int], stream_end: str = "0-0") -> None:
+        """End replay: release held events published after the history was read; start writing.
+
+        ``stream_end`` is the stream's last entry id read atomically with the history: every
+        entry up to it was replayed, already seen by the client, or is covered by a
+        ``recovered: false`` hello, so only later entries are delivered.
+        """
+        self._skip = frozenset(replayed_ids)
+        self._until = stream_position(stream_end)
+        pending, self._pending = self._pending or [], None
+        for event_id, text, created_ms, stream_id in pending:
+            self.deliver(event_id, text, created_ms, stream_id)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.user_id}")
+
+    def close_soon(self, code: CloseCode) -> None:
+        """Close this socket with ``code`` in the background (idempotent)."""
+        if self.closing is not None:
+            return
+        self.closing = code
+        if code is CloseCode.TOO_SLOW:
+            log.warning("ws: user %s too slow, closing with %d", self.user_id, int(code))
+        self._hub.track(asyncio.ensure_future(self._close(code)))
+
+    async def stop(self) -> None:
+        """Stop the writer (the handler is done with this socket)."""
+        writer, self._writer = self._writer, None
+        if writer is not None and not writer.done():
+            writer.cancel()
+            try:
+                await writer
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+
+    def _put(self, item: _QueueItem) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.close_soon(CloseCode.TOO_SLOW)
+
+    async def _write(self) -> None:
+        ws, queue, metrics = self.ws, self._queue, self._hub.metrics
+        try:
+            while True:
+                text, created_ms = await queue.get()
+                await ws.send_str(text)
+                if created_ms is not None:
+                    metrics.events_delivered.inc()
+                    metrics.delivery_latency.observe(max(0.0, time.time() - created_ms / 1000))
+        except (ConnectionError, RuntimeError) as exc:  # peer gone; the handler cleans up
+            log.debug("ws: writer for user %s stopped: %s", self.user_id, exc)
+
+    async def _close(self, code: CloseCode) -> None:
+        await self.stop()
+        transport = self.ws._req.transport if self.ws._req is not None else None
+        # The close frame is written before any wait, so giving up on a stalled peer loses
+        # nothing: it still reads the frame after the data queued before it.
+        timeout = STALLED_CLOSE_TIMEOUT if code is CloseCode.TOO_SLOW else CLOSE_TIMEOUT
+        with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=reason(code), drain=False), timeout)
+        if transport is not None and transport.get_write_buffer_size():
+            # A client that stopped reading would pin its unsent output until TCP gives up.
+            asyncio.get_running_loop().call_later(STALLED_ABORT_AFTER, transport.abort)
+
+
+class Hub:
+    """The process's event reader and the registry of its subscribers."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, metrics: Metrics = METRICS,
+                 queue_size: int = SEND_QUEUE_SIZE, read_count: int = READ_COUNT,
+                 block_ms: int = READ_BLOCK_MS, batch_wait: float = BATCH_WAIT) -> None:
+        self.client = client
+        self.keys = keys
+        self.metrics = metrics
+        self.queue_size = queue_size
+        self.read_count = read_count
+        self.block_ms = block_ms
+        self.batch_wait = batch_wait
+        self.position: str | None = None  # last stream id read; None: not yet resolved
+        self._users: dict[int, set[Subscriber]] = {}
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._reader: asyncio.Task[None] | None = None
+
+    # -- subscribers ----------------------------------------------------------------------------
+
+    def subscribe(self, ws: web.WebSocketResponse, user_id: int) -> Subscriber:
+        """Register a socket for its user's live events; they are held until ``go_live``."""
+        subscriber = Subscriber(self, ws, user_id, self.queue_size)
+        self._users.setdefault(user_id, set()).add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscribers = self._users.get(subscriber.user_id)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._users[subscriber.user_id]
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._users.values())
+
+    def track(self, future: asyncio.Future[Any]) -> None:
+        """Keep a background close alive until it finishes."""
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+
+    async def close_all(self, code: CloseCode, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Close every socket with ``code`` and wait (bounded) for the closes to finish."""
+        for subscribers in list(self._users.values()):
+            for subscriber in list(subscribers):
+                subscriber.close_soon(code)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fix the start position at the stream's end (when Redis answers) and start reading."""
+        try:
+            self.position = await asyncio.wait_for(self._stream_end(), 2.0)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("hub: Redis unavailable at start (%s); reading once it answers", exc)
+        self._reader = asyncio.create_task(self._read_forever(), name="ws-hub-reader")
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+
+    async def _read_forever(self) -> None:
+        backoff = BACKOFF_FIRST
+        recovering = False
+        while True:
+            try:
+                if self.position is None:
+                    self.position = await self._stream_end()
+                elif recovering:
+                    await self._check_stream_reset()
+                recovering = False
+                reply = await self.client.xread({self.keys.events: self.position},
+                                                count=self.read_count, block=self.block_ms)
+            except (RedisError, OSError) as exc:
+                log.warning("hub: reading %s failed (%s); retrying in %.1fs",
+                            self.keys.events, exc, backoff)
+                recovering = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_FIRST
+            entries = reply[0][1] if reply else []
+            if entries:
+                self.position = _text(entries[-1][0])
+                self.route(entries)
+                if len(entries) < self.read_count:
+                    await asyncio.sleep(self.batch_wait)
+
+    def route(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
+        """Hand each new event to its user's subscribers on this process."""
+        seen, users = self._seen, self._users
+        for stream_id, fields in entries:
+            try:
+                user_id = int(fields[b"u"])
+                event_id = int(fields[b"i"])
+                payload = fields[b"d"]
+            except (KeyError, ValueError):
+                log.warning("hub: skipping malformed stream entry %s", _text(stream_id))
+                continue
+            if event_id in seen:
+                continue
+            seen[event_id] = None
+            if len(seen) > SEEN_IDS:
+                seen.popitem(last=False)
+            subscribers = users.get(user_id)
+            if not subscribers:
+                continue
+            text = payload.decode()
+            created_ms = _int_or_none(fields.get(b"t"))
+            for subscriber in subscribers:
+                subscriber.deliver(event_id, text, created_ms, stream_id)
+
+    async def _stream_end(self) -> str:
+        last = await self.client.xrevrange(self.keys.events, count=1)
+        return _text(last[0][0]) if last else "0-0"
+
+    async def _check_stream_reset(self) -> None:
+        """After an outage: if Redis lost the stream, continue from its new end."""
+        end = await self._stream_end()
+        if self.position is not None and stream_position(end) < stream_position(self.position):
+            log.warning("hub: %s restarted below our position %s; continuing from %s",
+                        self.keys.events, self.position, end)
+            self.position = end
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int_or_none(value: bytes | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def stream_position(stream_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id ("ms-seq") as a comparable pair."""
+    ms, _, seq = _text(stream_id).partition("-")
+    return int(ms), int(seq or 0)

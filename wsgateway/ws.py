@@ -1,0 +1,184 @@
+"""The /ws endpoint: authenticate, greet, replay the user's history, then stream live events.
+
+``GET /ws?token=<JWT>&last_id=<event id>``. A bad token is refused with HTTP 401 before the
+upgrade and a foreign Origin with 403. The first message is the hello (user, balance, the
+latest event id, whether everything after ``last_id`` follows); then the missed events from
+the user's history, then live events from the process's :class:`~wsgateway.hub.Hub`. The
+socket is registered with the hub *before* the history is read, so nothing published in
+between is lost; the hub holds those live events back and drops the ones the replay sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import WSMsgType, web
+
+from monitoring.metrics import METRICS
+from paxyo.accounts import get_balance
+from paxyo.keys import Keys
+from paxyo.money import ZERO, format_money
+from paxyo.settings import Settings
+from wsgateway import hub as hub_module
+from wsgateway.app import ENGINE, REDIS, run_blocking
+from wsgateway.auth import TokenError, verify_token
+from wsgateway.close_codes import CloseCode, reason
+from wsgateway.history import Replay, read_replay
+from wsgateway.http_api import error_response
+from wsgateway.hub import Hub, Subscriber
+
+log = logging.getLogger("wsgateway.ws")
+
+HEARTBEAT = 20.0  # seconds between server pings; a peer that misses a pong is dropped
+MAX_MESSAGE = 4096  # bytes a client message may have (clients only ever send "ping")
+GREETING_TIMEOUT = 10.0  # seconds Redis and the database get to answer for the hello
+READER_SOCKET_TIMEOUT = hub_module.READ_BLOCK_MS / 1000 + 5.0
+SCRIPT_PATH = Path(__file__).parent / "static" / "paxyo-realtime.js"
+PONG = '{"type":"pong"}'
+
+HUB = web.AppKey("ws_hub", Hub)
+WS_SETTINGS = web.AppKey("ws_settings", Settings)
+SCRIPT = web.AppKey("ws_client_script", bytes)
+
+_gc_frozen = False
+
+
+def setup_websocket(app: web.Application, settings: Settings) -> None:
+    """Add /ws and /paxyo-realtime.js, the hub's reader and the closing of sockets on shutdown.
+
+    Call after the app's resources (engine, Redis) are registered: the handler uses them.
+    """
+    app[WS_SETTINGS] = settings
+    app[SCRIPT] = SCRIPT_PATH.read_bytes()
+    app.router.add_get("/ws", websocket_handler)
+    app.router.add_get("/paxyo-realtime.js", client_script)
+    app.cleanup_ctx.append(_run_hub)
+    app.on_shutdown.append(_close_sockets)
+
+
+async def client_script(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[SCRIPT], content_type="application/javascript",
+                        charset="utf-8", headers={"Cache-Control": "no-cache"})
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    settings = request.app[WS_SETTINGS]
+    if not _origin_allowed(request, settings):
+        return error_response(403, "origin not allowed")
+    try:
+        user_id = _authenticate(request, settings)
+    except TokenError as exc:
+        return error_response(401, str(exc))
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE,
+                               timeout=hub_module.CLOSE_TIMEOUT)
+    if not ws.can_prepare(request).ok:
+        return error_response(400, "expected a WebSocket upgrade")
+    await ws.prepare(request)
+    subscriber = request.app[HUB].subscribe(ws, user_id)
+    METRICS.gateway_connections.inc()
+    try:
+        if await _greet(request, subscriber, request.query.get("last_id")):
+            await _read_until_closed(ws, subscriber)
+    finally:
+        request.app[HUB].unsubscribe(subscriber)
+        await subscriber.stop()
+        METRICS.gateway_connections.dec()
+    return ws
+
+
+def _origin_allowed(request: web.Request, settings: Settings) -> bool:
+    origin = request.headers.get("Origin")
+    if not settings.allowed_origins or origin is None:
+        return True
+    return origin.rstrip("/") in settings.allowed_origins
+
+
+def _authenticate(request: web.Request, settings: Settings) -> int:
+    if not settings.jwt_secret:
+        raise TokenError("WebSocket tokens are not configured (PAXYO_JWT_SECRET)")
+    return verify_token(settings.jwt_secret, request.query.get("token"))
+
+
+async def _greet(request: web.Request, subscriber: Subscriber, last_id: str | None) -> bool:
+    """Send the hello and the replay, then let live events flow; False if the socket is done."""
+    ws, user_id = subscriber.ws, subscriber.user_id
+    settings = request.app[WS_SETTINGS]
+    try:
+        replay, balance = await asyncio.wait_for(asyncio.gather(
+            read_replay(request.app[REDIS], Keys(settings.redis_prefix), user_id, last_id),
+            run_blocking(request.app, get_balance, request.app[ENGINE], user_id),
+        ), GREETING_TIMEOUT)
+    except Exception as exc:  # Redis or the database did not answer: come back later
+        log.warning("ws: cannot greet user %s: %s", user_id, exc)
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=reason(CloseCode.TRY_AGAIN_LATER))
+        return False
+    try:
+        await ws.send_str(_hello(user_id, balance, replay, settings.money_decimals))
+        for _, payload in replay.events:
+            await ws.send_str(payload.decode())
+            METRICS.events_delivered.inc()
+    except ConnectionError:
+        return False
+    subscriber.go_live(replay.replayed_ids, replay.stream_end)
+    return True
+
+
+def _hello(user_id: int, balance: Decimal | None, replay: Replay, decimals: int) -> str:
+    return orjson.dumps({
+        "type": "hello",
+        "user_id": user_id,
+        "balance": format_money(ZERO if balance is None else balance, decimals),
+        "last_id": replay.last_id,
+        "recovered": replay.recovered,
+    }).decode()
+
+
+async def _read_until_closed(ws: web.WebSocketResponse, subscriber: Subscriber) -> None:
+    """Answer "ping" with a pong; ignore anything else. Returns when the socket closes."""
+    async for message in ws:
+        if message.type is WSMsgType.TEXT and message.data.strip() == "ping":
+            subscriber.send_soon(PONG)
+
+
+async def _run_hub(app: web.Application) -> AsyncIterator[None]:
+    settings = app[WS_SETTINGS]
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
+                                     socket_timeout=READER_SOCKET_TIMEOUT)
+    hub = Hub(client, Keys(settings.redis_prefix), queue_size=hub_module.SEND_QUEUE_SIZE)
+    app[HUB] = hub
+    await hub.start()
+    _freeze_gc()
+    try:
+        yield
+    finally:
+        await hub.stop()
+        await client.aclose()
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """On shutdown: every client is told 1001 and reconnects (to another gateway) and resumes."""
+    hub = app.get(HUB)
+    if hub is not None:
+        count = hub.subscriber_count()
+        await hub.close_all(CloseCode.GOING_AWAY)
+        if count:
+            log.info("ws: closed %d sockets with 1001 (shutdown)", count)
+
+
+def _freeze_gc() -> None:
+    """Move start-up objects out of the collector's way (perf-notes: full GCs make the tail)."""
+    global _gc_frozen
+    if not _gc_frozen:
+        gc.collect()
+        gc.freeze()
+        _gc_frozen = True
+
+
+__all__ = ["HUB", "setup_websocket", "websocket_handler"]
