@@ -1,0 +1,66 @@
+"""`paxyo demo` as an operator runs it: on a machine without Redis it starts a private one,
+serves the page and API, and Ctrl-C stops every child."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from paxyo.private_redis import answers
+from tests.support import free_port, http_json
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def children_in(cwd: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(entry, "cwd").resolve() == cwd.resolve():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_demo_without_redis_starts_a_private_one_and_stops_cleanly(tmp_path):
+    port, closed = free_port(), free_port()
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
+    env.pop("DATABASE_URL", None)
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        demo = subprocess.Popen([sys.executable, "-m", "paxyo.cli", "demo", "--port", str(port),
+                                 "--workers", "1"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "demo is running" not in log.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+        assert "started a private one" in text
+        assert f"http://127.0.0.1:{port}/" in text
+        assert http_json("GET", f"http://127.0.0.1:{port}/readyz")[0] == 200
+        status, page = http_json("GET", f"http://127.0.0.1:{port}/demo/users/111/orders")
+        assert status == 200 and page["orders"], page
+        assert len(children_in(tmp_path)) >= 5  # demo, simulator, dispatcher, worker, web
+        demo.send_signal(signal.SIGINT)
+        demo.wait(30)
+        time.sleep(0.5)
+        assert children_in(tmp_path) == []
+        private_url = re.search(r"started a private one at (\S+)", text).group(1)
+        assert not answers(private_url)  # the private Redis went with the demo
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        for pid in children_in(tmp_path):
+            os.kill(pid, signal.SIGKILL)
