@@ -192,6 +192,8 @@ def _reschedule(engine: Engine, touches: list[_Touch], rows: list[Row],
 
 
 def _count_change(metrics: Metrics, change: AppliedChange) -> None:
+    if change.previous_status == change.status:
+        return  # progress (remains) only: an event for the user, not a status transition
     metrics.status_transitions.labels(
         normalise_status(change.previous_status).cls.value,
         normalise_status(change.status).cls.value).inc()

@@ -319,6 +319,10 @@ def test_dashboard_and_alerts_on_a_real_prometheus(system) -> None:
             now = time.time()
             render_dashboard(prometheus.url, Path(os.environ["PAXYO_DASHBOARD_PNG"]),
                              now - (time.monotonic() - started), now)
+        # the WebSocket user really received live events through the gateway
+        assert any(m.get("type") == "order.updated" for m in ws_seen), ws_seen[:3]
+        delivered = prometheus.query("sum(paxyo_gateway_events_delivered_total)")
+        assert float(delivered["data"]["result"][0]["value"][1]) > 0, delivered
         print(f"\nproof done in {time.monotonic() - started:.0f}s; websocket saw "
               f"{len(ws_seen)} messages")
     finally:
