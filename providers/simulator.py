@@ -11,6 +11,8 @@ Control endpoints (JSON, no key), for tests, the demo and benchmarks:
 
 - ``POST /sim/orders/{id}`` ``{"status":..., "remains":...}`` or ``{"entry": <any>}``, optional
   ``"quantity"``; creates the order if it does not exist. ``GET /sim/orders/{id}`` shows it.
+- ``POST /sim/orders`` ``{"orders": [{"id": ..., "status": ..., "remains": ...}, ...]}``: the
+  same for many orders in one request (benchmarks seed 100,000 orders this way).
 - ``GET|POST /sim/faults``: latency_ms, error_rate, html_rate, timeout_rate, rate_limit_per_min.
 - ``GET /sim/stats``, ``POST /sim/stats/reset``; ``POST /sim/balance`` ``{"balance":"12.5"}``.
 """
@@ -74,6 +76,7 @@ def create_simulator_app(
     app.on_shutdown.append(_wake_stalled_requests)
     app.router.add_route("GET", "/api/v2", handle_api)
     app.router.add_route("POST", "/api/v2", handle_api)
+    app.router.add_post("/sim/orders", set_orders)
     app.router.add_get("/sim/orders/{order_id}", get_order)
     app.router.add_post("/sim/orders/{order_id}", set_order)
     app.router.add_get("/sim/faults", get_faults)
@@ -256,6 +259,22 @@ async def set_order(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise _bad_request(str(exc)) from None
     return _json(state.describe(order_id))
+
+
+async def set_orders(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await _read_control_body(request)
+    items = body.get("orders")
+    if not isinstance(items, list) or not all(
+            isinstance(i, dict) and "id" in i for i in items):
+        raise _bad_request("orders must be a list of objects with an id")
+    try:
+        for item in items:
+            changes = {k: v for k, v in item.items() if k != "id"}
+            state.set_order(str(item["id"]), changes)
+    except ValueError as exc:
+        raise _bad_request(str(exc)) from None
+    return _json({"orders": len(items)})
 
 
 async def get_faults(request: web.Request) -> web.Response:
