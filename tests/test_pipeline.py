@@ -140,7 +140,10 @@ def test_rerunning_a_finished_shard_changes_nothing(queued_settings, engine, sim
         simulator.set_order(70000 + oid, status="Canceled", remains=0)
     shard = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)[0]
     ctx = build_context(queued_settings)
-    first = run_shard(ctx, "sim", shard.order_ids, shard.token)
-    again = run_shard(ctx, "sim", shard.order_ids, shard.token)
+    try:
+        first = run_shard(ctx, "sim", shard.order_ids, shard.token)
+        again = run_shard(ctx, "sim", shard.order_ids, shard.token)
+    finally:
+        ctx.close()
     assert first["changed"] == 5 and again["checked"] == 0
     assert get_balance(engine, 111) == D("50.00")

@@ -338,7 +338,7 @@ def test_two_gateways_and_a_client_moving_between_them(
 
 def test_slow_client_is_closed_with_4008_while_others_keep_receiving(
         settings: Settings, publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "SEND_QUEUE_SIZE", 4)
+    monkeypatch.setattr(hub_module, "WRITE_BUFFER_LIMIT", 16 * 1024)
     keys = publisher.keys
     big = b"x" * 256 * 1024
 
@@ -494,12 +494,26 @@ def warnings_ignored() -> Iterator[None]:
 def test_hub_holds_live_events_during_replay_and_drops_what_replay_covered() -> None:
     """Deterministic interleavings of replay and live routing, on the hub alone."""
 
+    class FakeTransport:
+        def __init__(self, sent: list[str]) -> None:
+            self.sent = sent
+
+        def write(self, frame: bytes) -> None:
+            assert frame[0] == 0x81 and frame[1] < 126  # one small, final text frame
+            self.sent.append(frame[2:].decode())
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
     class FakeSocket:
+        closed = False
+
         def __init__(self) -> None:
             self.sent: list[str] = []
-
-        async def send_str(self, text: str) -> None:
-            self.sent.append(text)
+            self._req = type("Req", (), {"transport": FakeTransport(self.sent)})()
 
     def entry(n: int, stream_ms: int, user_id: int = 111) -> tuple[bytes, dict[bytes, bytes]]:
         return (f"{stream_ms}-0".encode(), {b"u": str(user_id).encode(), b"i": str(n).encode(),

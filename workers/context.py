@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+import aiohttp
 import redis
 from sqlalchemy import Engine
 
@@ -12,7 +16,10 @@ from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
+from providers.client import ProviderClient
 from workers.protection import CircuitBreaker, RateLimiter
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -23,6 +30,38 @@ class WorkerContext:
     relay: OutboxRelay
     limiter: RateLimiter
     breaker: CircuitBreaker
+    # One event loop and HTTP session for the process's life: keep-alive connections to the
+    # providers and no loop set-up per shard.
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    _session: aiohttp.ClientSession | None = None
+    _clients: dict[str, ProviderClient] = field(default_factory=dict)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` to completion on the worker's own loop (jobs run one at a time)."""
+        return self.loop.run_until_complete(coro)
+
+    def provider(self, name: str) -> ProviderClient:
+        """The client of a configured provider, sharing the process's HTTP session."""
+        client = self._clients.get(name)
+        if client is None:
+            if self._session is None or self._session.closed:
+                self._session = self.run(_new_session())
+            client = ProviderClient(self.settings.providers[name], self._session,
+                                    timeout=self.settings.provider_timeout,
+                                    attempts=self.settings.provider_attempts)
+            self._clients[name] = client
+        return client
+
+    def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            self.run(self._session.close())
+        self.loop.close()
+        self.engine.dispose()
+        self.redis.close()
+
+
+async def _new_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=30))
 
 
 def build_context(settings: Settings) -> WorkerContext:

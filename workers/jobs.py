@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-import aiohttp
 import redis
 from rq import get_current_job
 from sqlalchemy import select
 
 from dispatcher.planner import claim, defer, release
 from paxyo.clock import utcnow
-from paxyo.observations import apply_observations, refund_line
+from paxyo.observations import AppliedChange, apply_observations, refund_line
 from paxyo.store.schema import orders
-from providers.client import ProviderClient, ProviderConfig, ProviderUnavailable
+from providers.client import ProviderUnavailable
 from providers.replies import EntryError, ProviderErrorReply, StatusEntry
 from workers.context import WorkerContext, current_context
 
@@ -40,53 +38,72 @@ def check_shard(provider: str, order_ids: Sequence[int], token: str) -> dict[str
 
 def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
               token: str) -> dict[str, Any]:
+    """claim → (held back?) → ask the provider → apply → publish → release."""
     settings = ctx.settings
-    now = utcnow()
     hold = settings.lease_seconds or (
         job_timeout(settings.provider_attempts, settings.provider_timeout) + 30)
-    ids = claim(ctx.engine, token, order_ids, now, hold)
+    ids = claim(ctx.engine, token, order_ids, utcnow(), hold)
     if not ids:
         return {"provider": provider, "checked": 0, "skipped": "lease lost or orders closed"}
-    config = settings.providers.get(provider)
-    if config is None:
+    reason = _held_back(ctx, provider, token)
+    if reason:
+        return {"provider": provider, "checked": 0, "skipped": reason}
+    observed_at = utcnow()
+    replies = _fetch(ctx, provider, token, list(_provider_ids(ctx, ids).values()))
+    report = apply_observations(
+        ctx.engine, provider, ids, replies, observed_at=observed_at,
+        decimals=settings.money_decimals, poll_interval=settings.poll_interval)
+    _log_changes(report.changes)
+    _publish(ctx, [c.event.outbox_id for c in report.changes])
+    release(ctx.engine, token)
+    return {"provider": provider, "checked": report.checked, "changed": len(report.changes),
+            "no_answer": report.no_answer, "unknown": report.unknown}
+
+
+def _held_back(ctx: WorkerContext, provider: str, token: str) -> str | None:
+    """Why this shard must not call its provider now (its orders are then deferred)."""
+    settings, now = ctx.settings, utcnow()
+    if provider not in settings.providers:
         log.error("shard %s: provider %r is not configured; orders deferred", token, provider)
         defer(ctx.engine, token, now + timedelta(seconds=settings.poll_interval))
-        return {"provider": provider, "checked": 0, "skipped": "provider not configured"}
+        return "provider not configured"
     allowed, wait = ctx.breaker.allow(provider)
     if not allowed:
         defer(ctx.engine, token, now + timedelta(seconds=wait))
-        return {"provider": provider, "checked": 0, "skipped": "circuit open"}
+        return "circuit open"
     if not ctx.limiter.try_acquire(provider):
         defer(ctx.engine, token, now + timedelta(seconds=ctx.limiter.next_window()))
         log.warning("provider %s: rate limit of %d calls/min reached; shard deferred",
                     provider, settings.provider_rate_limit_per_min)
-        return {"provider": provider, "checked": 0, "skipped": "rate limited"}
-    refs = _provider_ids(ctx, ids)
-    observed_at = utcnow()
+        return "rate limited"
+    return None
+
+
+def _fetch(ctx: WorkerContext, provider: str, token: str,
+           provider_ids: list[str]) -> dict[str, StatusEntry | EntryError]:
+    """One mass-status call (tenacity retries inside); failures feed the circuit breaker and
+    re-raise so that RQ retries the job, and the last retry defers the orders."""
     try:
-        replies = asyncio.run(_fetch(config, settings.provider_timeout,
-                                     settings.provider_attempts, list(refs.values())))
+        replies = ctx.run(ctx.provider(provider).status_many(provider_ids))
     except (ProviderUnavailable, ProviderErrorReply) as exc:
         ctx.breaker.record_failure(provider)
         job = get_current_job()
         if job is None or not job.retries_left:
-            defer(ctx.engine, token, utcnow() + timedelta(seconds=settings.poll_interval))
+            defer(ctx.engine, token,
+                  utcnow() + timedelta(seconds=ctx.settings.poll_interval))
         log.warning("shard %s of %s failed: %s", token[:8], provider, exc)
         raise
     ctx.breaker.record_success(provider)
-    report = apply_observations(
-        ctx.engine, provider, ids, replies, observed_at=observed_at,
-        decimals=settings.money_decimals, poll_interval=settings.poll_interval)
-    for change in report.changes:
+    return replies
+
+
+def _log_changes(changes: list[AppliedChange]) -> None:
+    for change in changes:
         if change.previous_status != change.status:
             log.info("order %s: %s -> %s", change.order_id, change.previous_status,
                      change.status)
         if change.refund > 0:
             refund_log.info(refund_line(change))
-    _publish(ctx, [c.event.outbox_id for c in report.changes])
-    release(ctx.engine, token)
-    return {"provider": provider, "checked": report.checked, "changed": len(report.changes),
-            "no_answer": report.no_answer, "unknown": report.unknown}
 
 
 def _provider_ids(ctx: WorkerContext, ids: list[int]) -> dict[int, str]:
@@ -94,13 +111,6 @@ def _provider_ids(ctx: WorkerContext, ids: list[int]) -> dict[int, str]:
         rows = conn.execute(select(orders.c.id, orders.c.provider_order_id)
                             .where(orders.c.id.in_(ids))).all()
     return {r.id: r.provider_order_id for r in rows}
-
-
-async def _fetch(config: ProviderConfig, timeout: float, attempts: int,
-                 provider_ids: list[str]) -> dict[str, StatusEntry | EntryError]:
-    async with aiohttp.ClientSession() as session:
-        client = ProviderClient(config, session, timeout=timeout, attempts=attempts)
-        return await client.status_many(provider_ids)
 
 
 def _publish(ctx: WorkerContext, outbox_ids: list[int]) -> None:

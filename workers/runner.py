@@ -46,3 +46,4 @@ def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int | None 
                            logging_level="WARNING")
     finally:
         pusher.stop()
+        ctx.close()

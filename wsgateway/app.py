@@ -31,6 +31,8 @@ State = web.Application | ChainMapProxy
 BLOCKING_THREADS = 8  # database and relay calls in flight at once per process
 REDIS_CONNECT_TIMEOUT = 1.0
 REDIS_SOCKET_TIMEOUT = 2.0
+REDIS_POOL_SIZE = 50
+REDIS_POOL_WAIT = 5.0  # seconds a request may wait for a pooled Redis connection
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
@@ -70,9 +72,11 @@ async def _resources(app: web.Application, *, engine: Engine | None) -> AsyncIte
     own_engine = engine is None
     app[ENGINE] = open_engine(settings.database_url) if engine is None else engine
     app[EXECUTOR] = ThreadPoolExecutor(BLOCKING_THREADS, thread_name_prefix="paxyo-blocking")
-    app[REDIS] = aioredis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
-        socket_timeout=REDIS_SOCKET_TIMEOUT)
+    # A blocking pool: a burst of reconnecting sockets waits for a connection to greet them
+    # instead of failing with "Too many connections".
+    app[REDIS] = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=REDIS_POOL_SIZE, timeout=REDIS_POOL_WAIT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT, socket_timeout=REDIS_SOCKET_TIMEOUT))
     # One quick retry: an HTTP answer waits for this publish, and the sweeper covers failures.
     sync_redis = redis.Redis.from_url(
         settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,

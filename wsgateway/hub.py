@@ -39,7 +39,7 @@ from wsgateway.close_codes import CloseCode, reason
 
 log = logging.getLogger("wsgateway.hub")
 
-SEND_QUEUE_SIZE = 256  # events waiting for one socket before it is closed with 4008
+HOLD_LIMIT = 256  # live events held for one socket during its replay before 4008
 READ_COUNT = 500  # entries per XREAD
 READ_BLOCK_MS = 1000  # XREAD BLOCK
 BATCH_WAIT = 0.003  # seconds to wait after a part-full batch, to batch more
@@ -51,50 +51,64 @@ STOP_TIMEOUT = 2.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
 
-_QueueItem = tuple[str, int | None]  # text frame, event created ms (None: not an event)
+WRITE_BUFFER_LIMIT = 256 * 1024  # bytes of unsent output before a socket is closed with 4008
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final WebSocket text frame (server to client), built once per event."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
 class Subscriber:
-    """One WebSocket of one user: a bounded send queue and the writer task that drains it."""
+    """One WebSocket of one user.
 
-    __slots__ = ("_hub", "_pending", "_queue", "_skip", "_until", "_writer", "closing", "user_id",
-                 "ws")
+    Live events are written straight to the socket's transport as ready-made text frames,
+    built once per event and shared by every socket of its user: no per-socket queue, task or
+    await (perf-notes: both cost CPU and memory per connection). A client that stops reading
+    is bounded by its transport's buffered output: past ``WRITE_BUFFER_LIMIT`` it is closed
+    with 4008 and resumes from its last id when it reconnects.
+    """
+
+    __slots__ = ("_hub", "_pending", "_skip", "_transport", "_until", "closing", "user_id", "ws")
 
     def __init__(self, hub: Hub, ws: web.WebSocketResponse, user_id: int, queue_size: int):
         self._hub = hub
         self.ws = ws
         self.user_id = user_id
         self.closing: CloseCode | None = None
-        self._queue: asyncio.Queue[_QueueItem] = asyncio.Queue(queue_size)
-        self._pending: list[tuple[int, str, int | None, bytes | str]] | None = []  # in replay
-        self._skip: frozenset[int] = frozenset()  # ids the replay already sent
-        self._until: tuple[int, int] | None = None  # drop stream entries up to this position
-        self._writer: asyncio.Task[None] | None = None
+        self._transport = ws._req.transport if ws._req is not None else None
+        self._pending: list | None = []
+        self._skip: frozenset[int] = frozenset()
+        self._until: tuple[int, int] | None = None
 
-    def deliver(self, event_id: int, text: str, created_ms: int | None,
-                stream_id: bytes | str) -> None:
-        """Queue a live event (called by the hub in stream order; never awaits)."""
+    def deliver(self, event_id: int, frame: bytes, stream_id: bytes | str) -> int:
+        """Write a live event (called by the hub in stream order); returns 1 if written."""
         if self.closing is not None or event_id in self._skip:
-            return
+            return 0
         if self._pending is not None:
-            if len(self._pending) >= self._queue.maxsize:
+            if len(self._pending) >= self._hub.queue_size:
                 self.close_soon(CloseCode.TOO_SLOW)
-                return
-            self._pending.append((event_id, text, created_ms, stream_id))
-            return
+                return 0
+            self._pending.append((event_id, frame, stream_id))
+            return 0
         if self._until is not None:
             if stream_position(stream_id) <= self._until:
-                return  # published before the history was read: replayed or already known
+                return 0
             self._until = None
-        self._put((text, created_ms))
+        return self._write(frame)
 
     def send_soon(self, text: str) -> None:
-        """Queue a non-event message (e.g. a pong) behind the events already queued."""
+        """Write a non-event message (e.g. a pong) behind the events already written."""
         if self.closing is None:
-            self._put((text, None))
+            self._write(text_frame(text.encode()))
 
     def go_live(self, replayed_ids: Iterable[int], stream_end: str = "0-0") -> None:
-        """End replay: release held events published after the history was read; start writing.
+        """End replay: release held events published after the history was read.
 
         ``stream_end`` is the stream's last entry id read atomically with the history: every
         entry up to it was replayed, already seen by the client, or is covered by a
@@ -103,10 +117,8 @@ class Subscriber:
         self._skip = frozenset(replayed_ids)
         self._until = stream_position(stream_end)
         pending, self._pending = self._pending or [], None
-        for event_id, text, created_ms, stream_id in pending:
-            self.deliver(event_id, text, created_ms, stream_id)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write(), name=f"ws-writer-{self.user_id}")
+        for event_id, frame, stream_id in pending:
+            self.deliver(event_id, frame, stream_id)
 
     def close_soon(self, code: CloseCode) -> None:
         """Close this socket with ``code`` in the background (idempotent)."""
@@ -118,39 +130,22 @@ class Subscriber:
         self._hub.track(asyncio.ensure_future(self._close(code)))
 
     async def stop(self) -> None:
-        """Stop the writer (the handler is done with this socket)."""
-        writer, self._writer = self._writer, None
-        if writer is not None and not writer.done():
-            writer.cancel()
-            try:
-                await writer
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    raise
+        """Nothing runs per socket; kept so the handler's teardown reads the same."""
 
-    def _put(self, item: _QueueItem) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+    def _write(self, frame: bytes) -> int:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self.ws.closed:
+            return 0  # never a frame after the close frame
+        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             self.close_soon(CloseCode.TOO_SLOW)
-
-    async def _write(self) -> None:
-        ws, queue, metrics = self.ws, self._queue, self._hub.metrics
-        try:
-            while True:
-                text, created_ms = await queue.get()
-                await ws.send_str(text)
-                if created_ms is not None:
-                    metrics.events_delivered.inc()
-                    metrics.delivery_latency.observe(max(0.0, time.time() - created_ms / 1000))
-        except (ConnectionError, RuntimeError) as exc:  # peer gone; the handler cleans up
-            log.debug("ws: writer for user %s stopped: %s", self.user_id, exc)
+            return 0
+        transport.write(frame)
+        return 1
 
     async def _close(self, code: CloseCode) -> None:
-        await self.stop()
-        transport = self.ws._req.transport if self.ws._req is not None else None
+        transport = self._transport
         # The close frame is written before any wait, so giving up on a stalled peer loses
-        # nothing: it still reads the frame after the data queued before it.
+        # nothing: it still reads the frame after the data written before it.
         timeout = STALLED_CLOSE_TIMEOUT if code is CloseCode.TOO_SLOW else CLOSE_TIMEOUT
         with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
             await asyncio.wait_for(
@@ -164,7 +159,7 @@ class Hub:
     """The process's event reader and the registry of its subscribers."""
 
     def __init__(self, client: aioredis.Redis, keys: Keys, *, metrics: Metrics = METRICS,
-                 queue_size: int = SEND_QUEUE_SIZE, read_count: int = READ_COUNT,
+                 queue_size: int = HOLD_LIMIT, read_count: int = READ_COUNT,
                  block_ms: int = READ_BLOCK_MS, batch_wait: float = BATCH_WAIT) -> None:
         self.client = client
         self.keys = keys
@@ -240,8 +235,10 @@ class Hub:
                 elif recovering:
                     await self._check_stream_reset()
                 recovering = False
-                reply = await self.client.xread({self.keys.events: self.position},
-                                                count=self.read_count, block=self.block_ms)
+                # Raw XREAD: redis-py's xread() reshapes every reply into dicts (perf: ~9%).
+                reply = await self.client.execute_command(
+                    "XREAD", "COUNT", self.read_count, "BLOCK", self.block_ms,
+                    "STREAMS", self.keys.events, self.position)
             except (RedisError, OSError) as exc:
                 log.warning("hub: reading %s failed (%s); retrying in %.1fs",
                             self.keys.events, exc, backoff)
@@ -250,17 +247,26 @@ class Hub:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             backoff = BACKOFF_FIRST
-            entries = reply[0][1] if reply else []
+            if not reply:
+                entries = []
+            elif isinstance(reply, dict):  # RESP3: {stream: [[id, [f, v, ...]], ...]}
+                entries = next(iter(reply.values()))
+            else:  # RESP2: [[stream, [[id, [f, v, ...]], ...]]]
+                entries = reply[0][1]
             if entries:
                 self.position = _text(entries[-1][0])
                 self.route(entries)
                 if len(entries) < self.read_count:
                     await asyncio.sleep(self.batch_wait)
 
-    def route(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
-        """Hand each new event to its user's subscribers on this process."""
+    def route(self, entries: list[tuple[Any, Any]]) -> None:
+        """Hand each new event to its user's subscribers on this process (metrics per batch)."""
         seen, users = self._seen, self._users
-        for stream_id, fields in entries:
+        delivered = 0
+        now = time.time()
+        observe = self.metrics.delivery_latency.observe
+        for stream_id, raw in entries:
+            fields = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=False))
             try:
                 user_id = int(fields[b"u"])
                 event_id = int(fields[b"i"])
@@ -276,10 +282,17 @@ class Hub:
             subscribers = users.get(user_id)
             if not subscribers:
                 continue
-            text = payload.decode()
-            created_ms = _int_or_none(fields.get(b"t"))
+            frame = text_frame(payload)
+            n = 0
             for subscriber in subscribers:
-                subscriber.deliver(event_id, text, created_ms, stream_id)
+                n += subscriber.deliver(event_id, frame, stream_id)
+            if n:
+                delivered += n
+                created_ms = _int_or_none(fields.get(b"t"))
+                if created_ms is not None:
+                    observe(max(0.0, now - created_ms / 1000))
+        if delivered:
+            self.metrics.events_delivered.inc(delivered)
 
     async def _stream_end(self) -> str:
         last = await self.client.xrevrange(self.keys.events, count=1)

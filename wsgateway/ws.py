@@ -76,8 +76,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         user_id = _authenticate(request, settings)
     except TokenError as exc:
         return error_response(401, str(exc))
+    # compress=False: events are small, and live frames are written pre-built, uncompressed.
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE,
-                               timeout=hub_module.CLOSE_TIMEOUT)
+                               timeout=hub_module.CLOSE_TIMEOUT, compress=False)
     if not ws.can_prepare(request).ok:
         return error_response(400, "expected a WebSocket upgrade")
     await ws.prepare(request)
@@ -151,7 +152,7 @@ async def _run_hub(app: web.Application) -> AsyncIterator[None]:
     settings = app[WS_SETTINGS]
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
                                      socket_timeout=READER_SOCKET_TIMEOUT)
-    hub = Hub(client, Keys(settings.redis_prefix), queue_size=hub_module.SEND_QUEUE_SIZE)
+    hub = Hub(client, Keys(settings.redis_prefix), queue_size=hub_module.HOLD_LIMIT)
     app[HUB] = hub
     await hub.start()
     _freeze_gc()
