@@ -23,6 +23,7 @@ from paxyo.store.schema import outbox
 ORDER_UPDATED = "order.updated"
 BALANCE_UPDATED = "balance.updated"
 ID_WIDTH = 16
+_INSERT_EVENT = insert(outbox)  # built once: it runs for every change
 
 
 def event_id(outbox_id: int) -> str:
@@ -51,8 +52,8 @@ def record_event(conn: Connection, user_id: int, type_: str, body: dict[str, Any
                  at: datetime) -> PendingEvent:
     """Insert an outbox row for ``body`` (without type and id) in the caller's transaction."""
     payload = orjson.dumps({**body, "at": iso_z(at)})
-    result = conn.execute(insert(outbox).values(
-        user_id=user_id, type=type_, payload=payload, created_at=at))
+    result = conn.execute(_INSERT_EVENT, {"user_id": user_id, "type": type_, "payload": payload,
+                                          "created_at": at})
     return PendingEvent(outbox_id=int(result.inserted_primary_key[0]), user_id=user_id)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -57,11 +57,18 @@ def ensure_account(conn: Connection, user_id: int, now: datetime) -> None:
     conn.execute(stmt)
 
 
+# Built once: money statements run for every change, and constructing SQLAlchemy statements
+# costs more CPU than executing them.
+_LOCK_BALANCE = (select(accounts.c.balance).where(accounts.c.user_id == bindparam("p_uid"))
+                 .with_for_update())
+_INSERT_ENTRY = insert(ledger_entries)
+_SET_BALANCE = (update(accounts).where(accounts.c.user_id == bindparam("p_uid"))
+                .values(balance=bindparam("p_balance"), updated_at=bindparam("p_now")))
+
+
 def lock_balance(conn: Connection, user_id: int) -> Decimal | None:
     """The account's balance with its row locked until commit; None if there is no account."""
-    row = conn.execute(
-        select(accounts.c.balance).where(accounts.c.user_id == user_id).with_for_update()
-    ).first()
+    row = conn.execute(_LOCK_BALANCE, {"p_uid": user_id}).first()
     return None if row is None else Decimal(row.balance)
 
 
@@ -85,12 +92,11 @@ def post_entry(conn: Connection, *, balance: Decimal, entry: LedgerEntry, now: d
     new_balance = balance + entry.amount
     if new_balance < 0 and not allow_negative:
         raise InsufficientBalance(balance, -entry.amount)
-    conn.execute(insert(ledger_entries).values(
-        user_id=entry.user_id, kind=entry.kind, amount=entry.amount,
-        idempotency_key=entry.idempotency_key, order_id=entry.order_id,
-        reference=entry.reference, created_at=now))
-    conn.execute(update(accounts).where(accounts.c.user_id == entry.user_id)
-                 .values(balance=new_balance, updated_at=now))
+    conn.execute(_INSERT_ENTRY, {
+        "user_id": entry.user_id, "kind": entry.kind, "amount": entry.amount,
+        "idempotency_key": entry.idempotency_key, "order_id": entry.order_id,
+        "reference": entry.reference, "created_at": now})
+    conn.execute(_SET_BALANCE, {"p_uid": entry.user_id, "p_balance": new_balance, "p_now": now})
     return new_balance
 
 

@@ -36,6 +36,19 @@ log = logging.getLogger("paxyo.orders")
 OPEN = StatusClass.OPEN.value
 
 
+# Built once: these run for every change (statement construction costs more than execution).
+_LOCK_ORDER = select(orders).where(orders.c.id == bindparam("p_oid")).with_for_update()
+_SET_STATUS = (
+    update(orders)
+    .where(orders.c.id == bindparam("p_oid"), orders.c.status == bindparam("p_old_status"),
+           orders.c.refunded == bindparam("p_old_refunded"))
+    .values(status=bindparam("p_status"), status_class=bindparam("p_class"),
+            remains=bindparam("p_remains"), refunded=bindparam("p_refunded"),
+            review_status=None, observed_at=bindparam("p_observed"),
+            changed_at=bindparam("p_now"), updated_at=bindparam("p_now"),
+            next_check_at=bindparam("p_next")))
+
+
 @dataclass(frozen=True, slots=True)
 class AppliedChange:
     order_id: int
@@ -139,7 +152,7 @@ def apply_observations(
 def _apply_change(conn: Connection, order_id: int, status: Status, remains: int | None,
                   observed_at: datetime, decimals: int,
                   poll_interval: float) -> AppliedChange | None:
-    row = conn.execute(select(orders).where(orders.c.id == order_id).with_for_update()).first()
+    row = conn.execute(_LOCK_ORDER, {"p_oid": order_id}).first()
     if (row is None or row.status_class != OPEN
             or (row.observed_at is not None and row.observed_at > observed_at)):
         return None  # a concurrent applier got here first
@@ -156,14 +169,11 @@ def _apply_change(conn: Connection, order_id: int, status: Status, remains: int 
         balance = post_entry(conn, balance=balance, now=now, entry=LedgerEntry(
             row.user_id, EntryKind.REFUND, top_up, f"refund:{order_id}:{refunded + top_up}",
             order_id, status.name))
-    result = conn.execute(
-        update(orders)
-        .where(orders.c.id == order_id, orders.c.status == row.status,
-               orders.c.refunded == row.refunded)
-        .values(status=status.name, status_class=status.cls.value, remains=remains,
-                refunded=refunded + top_up, review_status=None, observed_at=observed_at,
-                changed_at=now, updated_at=now,
-                next_check_at=next_check_at(now, now, poll_interval)))
+    result = conn.execute(_SET_STATUS, {
+        "p_oid": order_id, "p_old_status": row.status, "p_old_refunded": row.refunded,
+        "p_status": status.name, "p_class": status.cls.value, "p_remains": remains,
+        "p_refunded": refunded + top_up, "p_observed": observed_at, "p_now": now,
+        "p_next": next_check_at(now, now, poll_interval)})
     if result.rowcount != 1:
         raise RuntimeError(f"order {order_id} changed under its row lock")
     event = record_event(conn, row.user_id, ORDER_UPDATED, order_event_body(

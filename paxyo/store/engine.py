@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -83,9 +81,16 @@ def _is_retryable(exc: BaseException) -> bool:
 
 def transactional(engine: Engine, fn: Callable[[Connection], T], *, attempts: int = 5) -> T:
     """Run ``fn`` in one transaction, retried on deadlocks and serialization failures."""
+    try:  # the common case, without building a retry controller for every transaction
+        with engine.begin() as conn:
+            return fn(conn)
+    except DBAPIError as exc:
+        if attempts <= 1 or not _is_retryable(exc):
+            raise
+        log.warning("transaction retried: %s", exc.orig)
     for attempt in Retrying(
         retry=retry_if_exception(_is_retryable),
-        stop=stop_after_attempt(attempts),
+        stop=stop_after_attempt(attempts - 1),
         wait=wait_random_exponential(multiplier=0.02, max=1),
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
@@ -93,19 +98,3 @@ def transactional(engine: Engine, fn: Callable[[Connection], T], *, attempts: in
         with attempt, engine.begin() as conn:
             return fn(conn)
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def timed(fn: Callable[..., T]) -> Callable[..., T]:
-    """Log calls slower than a second (store operations should be milliseconds)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: object, **kwargs: object) -> T:
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            elapsed = time.perf_counter() - started
-            if elapsed > 1:
-                log.warning("%s took %.2fs", fn.__name__, elapsed)
-
-    return wrapper
