@@ -515,3 +515,26 @@ def test_a_killed_worker_on_postgresql(tmp_path, redis_url, redis_prefix):
             stack.spawn("worker")
             stack.wait_converged()
             stack.assert_converged()
+
+
+# -- (e) SIGTERM, as Heroku sends it: the shard in flight finishes, then the worker exits ----
+
+
+def test_sigterm_lets_the_shard_in_flight_finish_then_the_worker_exits(stack):
+    stack.seed(60)  # one shard
+    stack.serve_finals()
+    stack.simulator.faults(latency_ms=2000)
+    stack.spawn("dispatcher")
+    worker = stack.spawn("worker")
+    stack.wait_until("the status call to be in flight",
+                     lambda: stack.simulator.stats()["status_requests"] >= 1, 20)
+    started = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(30)
+    took = time.monotonic() - started
+    assert worker.returncode == 0, stack.log_of(worker)[-2000:]
+    assert took < 25  # inside Heroku's 30 s grace period
+    # the job was not cut off: its answers were applied before the worker left
+    assert stack.statuses() == stack.finals
+    stack.wait_until("the outbox to be published", lambda: stack.unpublished() == 0, 15)
+    stack.assert_converged()
