@@ -33,5 +33,5 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiohttp.access", "rq.worker", "alembic.runtime.migration"):
+    for noisy in ("aiohttp.access", "rq.worker", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

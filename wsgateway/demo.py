@@ -22,7 +22,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import redis
 from aiohttp import web
 from sqlalchemy import Engine, func, select
 
@@ -35,9 +34,9 @@ from paxyo.settings import Settings
 from paxyo.store.schema import orders
 from providers.client import ProviderClient, ProviderUnavailable
 from providers.replies import ProviderErrorReply
-from wsgateway.app import ENGINE, RELAY, State, run_blocking
+from wsgateway.app import ENGINE, run_blocking
 from wsgateway.auth import mint_token
-from wsgateway.http_api import BadRequest, json_response
+from wsgateway.http_api import BadRequest, json_response, publish_event
 
 log = logging.getLogger("wsgateway.demo")
 
@@ -130,7 +129,7 @@ async def new_order(request: web.Request) -> web.Response:
         result = await run_blocking(state, _place_next, state[ENGINE], settings, NewOrder(
             id=0, user_id=user_id, provider=PROVIDER, provider_order_id=provider_order_id,
             quantity=quantity, charge=charge, service=str(service), link=DEMO_LINK))
-    await _publish(state, result.event)
+    await publish_event(state, result.event)
     return json_response(result.order, 201)
 
 
@@ -183,16 +182,6 @@ def _place_next(engine: Engine, settings: Settings, new: NewOrder):  # type: ign
         provider_order_id=new.provider_order_id, quantity=new.quantity, charge=new.charge,
         service=new.service, link=new.link),
         decimals=settings.money_decimals, poll_interval=settings.poll_interval)
-
-
-async def _publish(state: State, event: Any) -> None:
-    """Publish the committed event now; if Redis is down the relay's sweeper does it later."""
-    if event is None:
-        return
-    try:
-        await run_blocking(state, state[RELAY].publish_ids, [event.outbox_id])
-    except redis.RedisError as exc:
-        log.warning("event %s not published now (Redis: %s); the sweeper will", event.id, exc)
 
 
 def _simulator_base(provider_url: str) -> str:

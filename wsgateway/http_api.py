@@ -98,7 +98,7 @@ async def post_deposit(request: web.Request) -> web.Response:
     reference = _string(body, "reference", MAX_REFERENCE)
     result = await run_blocking(state, deposit, state[ENGINE], user_id, amount, reference,
                                 settings.money_decimals)
-    await _publish(state, result.event)
+    await publish_event(state, result.event)
     return json_response({"user_id": user_id,
                           "balance": format_money(result.balance, settings.money_decimals)},
                          201 if result.created else 200)
@@ -120,7 +120,7 @@ async def post_order(request: web.Request) -> web.Response:
     state, settings = request.config_dict, request.config_dict[SETTINGS]
     new = _new_order(await _json_object(request), settings)
     result = await run_blocking(state, _place, state[ENGINE], new, settings)
-    await _publish(state, result.event)
+    await publish_event(state, result.event)
     return json_response(result.order, 201 if result.created else 200)
 
 
@@ -137,7 +137,7 @@ def _place(engine, new: NewOrder, settings: Settings):  # type: ignore[no-untype
                        poll_interval=settings.poll_interval)
 
 
-async def _publish(state: State, event: PendingEvent | None) -> None:
+async def publish_event(state: State, event: PendingEvent | None) -> None:
     """Publish a just-committed event; if Redis is down the sweeper publishes it later."""
     if event is None:
         return
