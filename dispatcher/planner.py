@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy.engine import Connection
 
 from paxyo.statuses import StatusClass
 from paxyo.store.engine import transactional
@@ -71,36 +72,40 @@ def top_up(engine: Engine, provider: str, now: datetime, window: float, count: i
     return [r.id for r in rows if r.id not in exclude][:count]
 
 
-def lease(engine: Engine, provider: str, order_ids: list[int], now: datetime,
-          lease_seconds: float) -> Shard | None:
+def _lease_one(conn: Connection, provider: str, order_ids: list[int], now: datetime,
+               until: datetime) -> Shard | None:
     """Lease the still-free orders among ``order_ids`` under a new token."""
     token = uuid.uuid4().hex
-    until = now + timedelta(seconds=lease_seconds)
-
-    def run(conn):  # type: ignore[no-untyped-def]
-        conn.execute(update(orders)
-                     .where(and_(orders.c.id.in_(order_ids), _still_open(), _lease_free(now)))
-                     .values(lease_until=until, lease_token=token))
-        return [r.id for r in conn.execute(
-            select(orders.c.id).where(orders.c.lease_token == token).order_by(orders.c.id))]
-
-    leased = transactional(engine, run)
+    conn.execute(update(orders)
+                 .where(and_(orders.c.id.in_(order_ids), _still_open(), _lease_free(now)))
+                 .values(lease_until=until, lease_token=token))
+    leased = [r.id for r in conn.execute(
+        select(orders.c.id).where(orders.c.lease_token == token).order_by(orders.c.id))]
     return Shard(provider, tuple(leased), token) if leased else None
 
 
 def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_seconds: float,
                 max_due: int = 50_000) -> list[Shard]:
-    """Lease and return this tick's shards (each ≤100 orders of one provider)."""
-    shards: list[Shard] = []
+    """Lease and return this tick's shards (each ≤100 orders of one provider).
+
+    All of a tick's shards are leased in one transaction: one write lock per tick rather
+    than one per shard, which matters on SQLite where workers wait for the same lock.
+    """
     window = poll_interval / 2
+    cuts: list[tuple[str, list[int]]] = []
     for provider, due in due_by_provider(engine, now, max_due).items():
         spare = -len(due) % SHARD_SIZE
         ids = due + top_up(engine, provider, now, window, spare, set(due))
-        for start in range(0, len(ids), SHARD_SIZE):
-            shard = lease(engine, provider, ids[start:start + SHARD_SIZE], now, lease_seconds)
-            if shard is not None:
-                shards.append(shard)
-    return shards
+        cuts += [(provider, ids[i:i + SHARD_SIZE]) for i in range(0, len(ids), SHARD_SIZE)]
+    if not cuts:
+        return []
+    until = now + timedelta(seconds=lease_seconds)
+
+    def run(conn: Connection) -> list[Shard]:
+        leased = (_lease_one(conn, provider, ids, now, until) for provider, ids in cuts)
+        return [shard for shard in leased if shard is not None]
+
+    return transactional(engine, run)
 
 
 def release(engine: Engine, token: str) -> None:
