@@ -93,10 +93,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     from paxyo import ops
     from paxyo.store.engine import open_engine
+    from paxyo.store.migrate import current_revision
 
     engine = open_engine(settings.database_url)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     try:
+        if current_revision(settings.database_url) is None:
+            print("paxyo status: the database has no schema yet; run `paxyo db upgrade`",
+                  file=sys.stderr)
+            return 1
         db = ops.read_database_status(engine)
         print(ops.format_status(db, ops.read_redis_status(client, settings, db.open_orders)))
     except (SQLAlchemyError, redis.RedisError) as exc:
