@@ -11,7 +11,7 @@ from datetime import datetime
 
 import orjson
 import redis
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,6 +32,8 @@ log = logging.getLogger("paxyo.dispatcher")
 
 TICK_SECONDS = 1.0
 SWEEP_EVERY = 2.0
+QUEUED_PER_WORKER = 10  # shards queued per live worker (a few seconds of work)
+MIN_QUEUED = 50
 
 
 def lease_seconds(settings: Settings) -> float:
@@ -71,8 +73,10 @@ class Dispatcher:
         if not leading:
             return []
         now = utcnow()
+        room = self.queue_room()
         shards = plan_shards(self.engine, now=now, poll_interval=self.settings.poll_interval,
-                             lease_seconds=lease_seconds(self.settings))
+                             lease_seconds=lease_seconds(self.settings), max_shards=room) \
+            if room > 0 else []
         if shards:
             self.enqueue(shards)
         if time.monotonic() - self._last_sweep >= SWEEP_EVERY:
@@ -84,6 +88,17 @@ class Dispatcher:
             "at": time.time(), "fence": self.lock.fence,
             "lag": dispatcher_lag(self.engine, now), "enqueued": self.enqueued}), ex=60)
         return shards
+
+    def queue_room(self) -> int:
+        """How many more shards may be queued now (backpressure).
+
+        The queue holds a few seconds of work for the workers there are, never more: when
+        workers fall behind, due orders wait in the database, most overdue first, instead of
+        in a FIFO queue where their leases would expire and they would be planned again.
+        Dispatcher lag then grows and alerts, and scaling workers drains it.
+        """
+        workers = Worker.count(connection=self.redis, queue=self.queue)
+        return max(MIN_QUEUED, QUEUED_PER_WORKER * workers) - self.queue.count
 
     def enqueue(self, shards: list[Shard]) -> None:
         timeout = job_timeout(self.settings.provider_attempts, self.settings.provider_timeout)

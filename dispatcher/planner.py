@@ -85,7 +85,7 @@ def _lease_one(conn: Connection, provider: str, order_ids: list[int], now: datet
 
 
 def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_seconds: float,
-                max_due: int = 50_000) -> list[Shard]:
+                max_due: int = 50_000, max_shards: int | None = None) -> list[Shard]:
     """Lease and return this tick's shards (each ≤100 orders of one provider).
 
     All of a tick's shards are leased in one transaction: one write lock per tick rather
@@ -93,10 +93,14 @@ def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_se
     """
     window = poll_interval / 2
     cuts: list[tuple[str, list[int]]] = []
-    for provider, due in due_by_provider(engine, now, max_due).items():
+    grouped = due_by_provider(engine, now, max_due)
+    order_rank = {oid: rank for ids in grouped.values() for rank, oid in enumerate(ids)}
+    for provider, due in grouped.items():
         spare = -len(due) % SHARD_SIZE
         ids = due + top_up(engine, provider, now, window, spare, set(due))
         cuts += [(provider, ids[i:i + SHARD_SIZE]) for i in range(0, len(ids), SHARD_SIZE)]
+    if max_shards is not None:  # most overdue first: due_by_provider is ordered by due time
+        cuts = sorted(cuts, key=lambda cut: order_rank[cut[1][0]])[:max_shards]
     if not cuts:
         return []
     until = now + timedelta(seconds=lease_seconds)

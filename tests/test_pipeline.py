@@ -147,3 +147,27 @@ def test_rerunning_a_finished_shard_changes_nothing(queued_settings, engine, sim
         ctx.close()
     assert first["changed"] == 5 and again["checked"] == 0
     assert get_balance(engine, 111) == D("50.00")
+
+
+def test_planner_takes_the_most_overdue_first_when_room_is_short(engine):
+    seed(engine, 300)
+    with engine.begin() as conn:  # orders 201..300 are the most overdue
+        conn.execute(update(orders).where(orders.c.id > 200)
+                     .values(next_check_at=utcnow() - timedelta(seconds=60)))
+    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60, max_shards=1)
+    assert [sorted(s.order_ids) for s in shards] == [list(range(201, 301))]
+
+
+def test_dispatcher_keeps_the_queue_short_when_workers_fall_behind(queued_settings, engine):
+    from dispatcher import loop
+
+    seed(engine, 1000)
+    client = redis.Redis.from_url(queued_settings.redis_url)
+    dispatcher = Dispatcher(queued_settings, engine, client)
+    first = dispatcher.tick()  # no worker is running: only MIN_QUEUED shards may wait
+    assert len(first) == min(10, loop.MIN_QUEUED)
+    assert dispatcher.tick() == []  # room left, but nothing else is due
+    seed(engine, 4500, start=2000)  # 45 more shards' worth, room for 40
+    assert len(dispatcher.tick()) == loop.MIN_QUEUED - 10
+    assert dispatcher.tick() == []  # full: due orders wait in the database
+    assert Queue(queued_settings.queue_name, connection=client).count == loop.MIN_QUEUED
