@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
@@ -40,11 +41,16 @@ def open_engine(url: str, *, pool_size: int = 5) -> Engine:
     return create_engine(url, **kwargs)
 
 
+WRITE_OPTION = "paxyo_write"  # execution option marking a connection's transaction as a write
+
+
 def _make_sqlite_transactional(engine: Engine) -> None:
     """pysqlite's own transaction handling defers locks; take them at BEGIN instead.
 
-    BEGIN IMMEDIATE serialises writers, so a read-then-write inside ``engine.begin()`` sees
-    no concurrent writer: the SQLite equivalent of SELECT ... FOR UPDATE.
+    A write transaction (:func:`transactional`) begins IMMEDIATE, which serialises writers,
+    so its read-then-write sees no concurrent writer: the SQLite equivalent of SELECT ... FOR
+    UPDATE. Everything else begins deferred: in WAL mode readers then neither wait for the
+    write lock nor hold it.
     """
 
     @event.listens_for(engine, "connect")
@@ -59,7 +65,8 @@ def _make_sqlite_transactional(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        write = conn.get_execution_options().get(WRITE_OPTION)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -79,10 +86,18 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and "database is locked" in str(orig)
 
 
+@contextlib.contextmanager
+def _write_transaction(engine: Engine) -> Iterator[Connection]:
+    with engine.connect() as conn:
+        conn.execution_options(**{WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
+
+
 def transactional(engine: Engine, fn: Callable[[Connection], T], *, attempts: int = 5) -> T:
     """Run ``fn`` in one transaction, retried on deadlocks and serialization failures."""
     try:  # the common case, without building a retry controller for every transaction
-        with engine.begin() as conn:
+        with _write_transaction(engine) as conn:
             return fn(conn)
     except DBAPIError as exc:
         if attempts <= 1 or not _is_retryable(exc):
@@ -95,6 +110,6 @@ def transactional(engine: Engine, fn: Callable[[Connection], T], *, attempts: in
         before_sleep=before_sleep_log(log, logging.WARNING),
         reraise=True,
     ):
-        with attempt, engine.begin() as conn:
+        with attempt, _write_transaction(engine) as conn:
             return fn(conn)
     raise AssertionError("unreachable")  # pragma: no cover
