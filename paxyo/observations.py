@@ -1,8 +1,12 @@
 """Applying provider status observations to orders, exactly once.
 
-For each order the provider answered for, one transaction locks the order row, decides the
-change, credits the refund top-up (if any) through the ledger, updates the balance and writes
-the outbox event. Orders whose answer changes nothing are only rescheduled, in bulk.
+One transaction applies a whole reply. For each changed order, in (user, order) order so that
+concurrent appliers take locks in the same order, it locks the order row, re-checks it,
+credits the refund top-up (if any) through the ledger, updates the balance and writes the
+outbox event; orders whose answer changes nothing are rescheduled in the same transaction.
+An order's status, refund, balance and event therefore commit together or not at all, and a
+shard costs one write transaction rather than one per changed order (on SQLite every write
+transaction queues for the same lock).
 
 A missing id, a per-id error, an unknown status word or a Partial without numeric remains
 never changes money: the order stays open and is checked again.
@@ -106,6 +110,7 @@ def apply_observations(
     with engine.connect() as conn:
         rows = conn.execute(select(orders).where(orders.c.id.in_(ids))).all()
     touches: list[_Touch] = []
+    pending: list[tuple[Row, Status, int | None]] = []
     for row in rows:
         if row.status_class != OPEN or (row.observed_at and row.observed_at > observed_at):
             report.stale += 1
@@ -137,15 +142,24 @@ def apply_observations(
             report.unchanged += 1
             touches.append(_Touch(row.id, None))
             continue
-        change = transactional(engine, lambda conn, r=row, s=status, rem=remains: _apply_change(
-            conn, r.id, s, rem, observed_at, decimals, poll_interval))
+        pending.append((row, status, remains))
+    if not pending and not touches:
+        return report
+    pending.sort(key=lambda item: (item[0].user_id, item[0].id))
+
+    def run(conn: Connection) -> list[AppliedChange | None]:
+        applied = [_apply_change(conn, row.id, status, remains, observed_at, decimals,
+                                 poll_interval) for row, status, remains in pending]
+        if touches:
+            _reschedule(conn, touches, rows, observed_at, poll_interval)
+        return applied
+
+    for change in transactional(engine, run):
         if change is None:
-            report.stale += 1
+            report.stale += 1  # a concurrent applier got there first
             continue
         report.changes.append(change)
         _count_change(metrics, change)
-    if touches:
-        _reschedule(engine, touches, rows, observed_at, poll_interval)
     return report
 
 
@@ -184,7 +198,7 @@ def _apply_change(conn: Connection, order_id: int, status: Status, remains: int 
                          balance, event)
 
 
-def _reschedule(engine: Engine, touches: list[_Touch], rows: list[Row],
+def _reschedule(conn: Connection, touches: list[_Touch], rows: list[Row],
                 observed_at: datetime, poll_interval: float) -> None:
     """Record that these orders were checked and when to check them next, in one statement."""
     changed_at = {row.id: row.changed_at for row in rows}
@@ -198,7 +212,7 @@ def _reschedule(engine: Engine, touches: list[_Touch], rows: list[Row],
                             orders.c.observed_at <= bindparam("obs"))))
             .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
                     review_status=bindparam("review")))
-    transactional(engine, lambda conn: conn.execute(stmt, params))
+    conn.execute(stmt, params)
 
 
 def _count_change(metrics: Metrics, change: AppliedChange) -> None:

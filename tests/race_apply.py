@@ -33,10 +33,15 @@ def main() -> None:
     observed_at = datetime.fromtimestamp(start_at, UTC).replace(tzinfo=None)
     answers = replies()
     credited = []
+    failures: list[BaseException] = []
 
     def work() -> None:
-        report = apply_observations(engine, "sim", list(ORDERS), answers,
-                                    observed_at=observed_at, decimals=2, poll_interval=30)
+        try:
+            report = apply_observations(engine, "sim", list(ORDERS), answers,
+                                        observed_at=observed_at, decimals=2, poll_interval=30)
+        except BaseException as exc:  # reported below: a racing applier must not fail
+            failures.append(exc)
+            raise
         credited.extend(c.order_id for c in report.changes)
 
     time.sleep(max(0.0, start_at - time.time()))
@@ -46,6 +51,8 @@ def main() -> None:
     for w in workers:
         w.join()
     print(" ".join(map(str, sorted(credited))))
+    if failures:
+        sys.exit(f"{len(failures)} appliers failed: {failures[0]!r}")
 
 
 if __name__ == "__main__":
