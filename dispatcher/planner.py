@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -112,11 +113,10 @@ def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_se
     return transactional(engine, run)
 
 
-def release(engine: Engine, token: str) -> None:
-    """Free the orders still leased under ``token`` (a finished or abandoned shard)."""
-    transactional(engine, lambda conn: conn.execute(
-        update(orders).where(orders.c.lease_token == token)
-        .values(lease_until=None, lease_token=None)))
+def releaser(token: str) -> Callable[[Connection], object]:
+    """The release of ``token``'s leases, to run inside a caller's transaction."""
+    return lambda conn: conn.execute(update(orders).where(orders.c.lease_token == token)
+                                     .values(lease_until=None, lease_token=None))
 
 
 def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,

@@ -15,7 +15,7 @@ never changes money: the order stays open and is checked again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -101,8 +101,13 @@ def apply_observations(
     decimals: int,
     poll_interval: float,
     metrics: Metrics = METRICS,
+    release: Callable[[Connection], object] | None = None,
 ) -> ApplyReport:
-    """Apply one provider reply (keyed by provider order id) to the given panel orders."""
+    """Apply one provider reply (keyed by provider order id) to the given panel orders.
+
+    ``release``, if given, runs last in the same transaction (a worker frees its shard's
+    leases there, saving a write transaction per shard).
+    """
     report = ApplyReport()
     ids = list(order_ids)
     if not ids:
@@ -143,7 +148,7 @@ def apply_observations(
             touches.append(_Touch(row.id, None))
             continue
         pending.append((row, status, remains))
-    if not pending and not touches:
+    if not pending and not touches and release is None:
         return report
     pending.sort(key=lambda item: (item[0].user_id, item[0].id))
 
@@ -152,6 +157,8 @@ def apply_observations(
                                  poll_interval) for row, status, remains in pending]
         if touches:
             _reschedule(conn, touches, rows, observed_at, poll_interval)
+        if release is not None:
+            release(conn)
         return applied
 
     for change in transactional(engine, run):

@@ -11,7 +11,7 @@ import redis
 from rq import get_current_job
 from sqlalchemy import select
 
-from dispatcher.planner import claim, defer, release
+from dispatcher.planner import claim, defer, releaser
 from paxyo.clock import utcnow
 from paxyo.observations import AppliedChange, apply_observations, refund_line
 from paxyo.store.schema import orders
@@ -52,10 +52,10 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
     replies = _fetch(ctx, provider, token, list(_provider_ids(ctx, ids).values()))
     report = apply_observations(
         ctx.engine, provider, ids, replies, observed_at=observed_at,
-        decimals=settings.money_decimals, poll_interval=settings.poll_interval)
+        decimals=settings.money_decimals, poll_interval=settings.poll_interval,
+        release=releaser(token))
     _log_changes(report.changes)
     _publish(ctx, [c.event.outbox_id for c in report.changes])
-    release(ctx.engine, token)
     return {"provider": provider, "checked": report.checked, "changed": len(report.changes),
             "no_answer": report.no_answer, "unknown": report.unknown}
 
