@@ -35,11 +35,18 @@ def redis_server_binary() -> str:
 
 
 class PrivateRedis:
-    """A redis-server child process on 127.0.0.1:``port``, keeping nothing on disk."""
+    """A redis-server child process on 127.0.0.1:``port``.
 
-    def __init__(self, port: int) -> None:
+    It keeps nothing on disk, unless ``persist_dir`` is given: then it writes an fsynced
+    append-only file there, so its data survive a stop and start, as a managed Redis's do.
+    """
+
+    def __init__(self, port: int, persist_dir: Path | None = None) -> None:
         self.port = port
-        self.dir = tempfile.mkdtemp(prefix="paxyo-redis-")
+        self.persistent = persist_dir is not None
+        if persist_dir is not None:
+            persist_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = str(persist_dir) if persist_dir else tempfile.mkdtemp(prefix="paxyo-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +56,7 @@ class PrivateRedis:
     def start(self, timeout: float = 10.0) -> str:
         self.process = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir,
+             "--save", "", *self._persistence(), "--dir", self.dir,
              "--logfile", str(Path(self.dir) / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         atexit.register(self.stop)
@@ -63,6 +70,11 @@ class PrivateRedis:
             time.sleep(0.05)
         raise RuntimeError(f"private Redis did not start (see {self.dir}/redis.log)")
 
+    def _persistence(self) -> list[str]:
+        if self.persistent:
+            return ["--appendonly", "yes", "--appendfsync", "always"]
+        return ["--appendonly", "no"]
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()
@@ -70,3 +82,4 @@ class PrivateRedis:
                 self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()

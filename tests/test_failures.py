@@ -37,7 +37,7 @@ from paxyo.accounts import deposit
 from paxyo.keys import Keys
 from paxyo.ledger import ledger_mismatches
 from paxyo.orders import NewOrder, place_order
-from paxyo.private_redis import answers, redis_server_binary
+from paxyo.private_redis import PrivateRedis
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade
 from paxyo.store.schema import accounts, ledger_entries, orders, outbox
@@ -404,42 +404,8 @@ def _seconds(n: float):  # type: ignore[no-untyped-def]
 # -- (c) Redis restarts ------------------------------------------------------------------
 
 
-class RestartableRedis:
-    """A private redis-server that keeps its data across a restart (AOF), like a managed one."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.dir = directory
-        self.dir.mkdir()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not answers(self.url, 0.2):
-            assert time.monotonic() < deadline, "private Redis did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 def test_processes_ride_out_a_redis_restart(tmp_path):
-    server = RestartableRedis(tmp_path / "redis")
+    server = PrivateRedis(free_port(), persist_dir=tmp_path / "redis")
     server.start()
     try:
         with running_stack(tmp_path, f"sqlite:///{tmp_path / 'paxyo.db'}", server.url,
