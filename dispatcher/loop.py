@@ -86,7 +86,7 @@ class Dispatcher:
                 log.info("swept %d unpublished outbox events", swept)
         self.redis.set(self.keys.dispatcher_heartbeat, orjson.dumps({
             "at": time.time(), "fence": self.lock.fence,
-            "lag": dispatcher_lag(self.engine, now), "enqueued": self.enqueued}), ex=60)
+            "enqueued": self.enqueued}), ex=60)
         return shards
 
     def queue_room(self) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import Row
 
 from monitoring.metrics import METRICS, Metrics
@@ -132,8 +132,6 @@ class OutboxRelay:
                 return total
 
     def backlog(self) -> int:
-        from sqlalchemy import func
-
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(outbox)
                                     .where(outbox.c.published_at.is_(None))).scalar_one())

@@ -55,8 +55,3 @@ def normalise_status(raw: str) -> Status:
     if known is not None:
         return known
     return Status(StatusClass.UNKNOWN, raw.strip()[:64])
-
-
-def status_class_of(name: str) -> StatusClass:
-    """Class of a stored display name."""
-    return normalise_status(name).cls

@@ -65,7 +65,7 @@ def test_status_reports_orders_queue_dispatcher_outbox_and_gateways(
     keys = Keys(ops_settings.redis_prefix)
     client.set(keys.dispatcher_lock, "abcdef0123456789")
     client.set(keys.dispatcher_heartbeat, orjson.dumps(
-        {"at": time.time() - 2, "fence": 7, "lag": 0.0, "enqueued": 3}))
+        {"at": time.time() - 2, "fence": 7, "enqueued": 3}))
     ops.beat_gateway(client, keys, "web:one")
     for _ in range(5):
         CircuitBreaker(client, keys).record_failure("other")
