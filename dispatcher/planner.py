@@ -120,15 +120,19 @@ def releaser(token: str) -> Callable[[Connection], object]:
 
 
 def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,
-          hold_seconds: float) -> list[int]:
-    """A worker starting a shard: extend the lease of the orders still under its token."""
+          hold_seconds: float) -> dict[int, str]:
+    """A worker starting a shard: extend the lease of the orders still under its token.
+
+    Returns those orders' provider order ids, by order id.
+    """
 
     def run(conn):  # type: ignore[no-untyped-def]
         conn.execute(update(orders)
                      .where(orders.c.lease_token == token, orders.c.id.in_(order_ids))
                      .values(lease_until=now + timedelta(seconds=hold_seconds)))
-        return [r.id for r in conn.execute(
-            select(orders.c.id).where(orders.c.lease_token == token, _still_open()))]
+        return {r.id: r.provider_order_id for r in conn.execute(
+            select(orders.c.id, orders.c.provider_order_id)
+            .where(orders.c.lease_token == token, _still_open()))}
 
     return transactional(engine, run)
 

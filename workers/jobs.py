@@ -9,12 +9,10 @@ from typing import Any
 
 import redis
 from rq import get_current_job
-from sqlalchemy import select
 
 from dispatcher.planner import claim, defer, releaser
 from paxyo.clock import utcnow
 from paxyo.observations import AppliedChange, apply_observations, refund_line
-from paxyo.store.schema import orders
 from providers.client import ProviderUnavailable
 from providers.replies import EntryError, ProviderErrorReply, StatusEntry
 from workers.context import WorkerContext, current_context
@@ -42,16 +40,16 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
     settings = ctx.settings
     hold = settings.lease_seconds or (
         job_timeout(settings.provider_attempts, settings.provider_timeout) + 30)
-    ids = claim(ctx.engine, token, order_ids, utcnow(), hold)
-    if not ids:
+    refs = claim(ctx.engine, token, order_ids, utcnow(), hold)
+    if not refs:
         return {"provider": provider, "checked": 0, "skipped": "lease lost or orders closed"}
     reason = _held_back(ctx, provider, token)
     if reason:
         return {"provider": provider, "checked": 0, "skipped": reason}
     observed_at = utcnow()
-    replies = _fetch(ctx, provider, token, list(_provider_ids(ctx, ids).values()))
+    replies = _fetch(ctx, provider, token, list(refs.values()))
     report = apply_observations(
-        ctx.engine, provider, ids, replies, observed_at=observed_at,
+        ctx.engine, provider, list(refs), replies, observed_at=observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval,
         release=releaser(token))
     _log_changes(report.changes)
@@ -104,13 +102,6 @@ def _log_changes(changes: list[AppliedChange]) -> None:
                      change.status)
         if change.refund > 0:
             refund_log.info(refund_line(change))
-
-
-def _provider_ids(ctx: WorkerContext, ids: list[int]) -> dict[int, str]:
-    with ctx.engine.connect() as conn:
-        rows = conn.execute(select(orders.c.id, orders.c.provider_order_id)
-                            .where(orders.c.id.in_(ids))).all()
-    return {r.id: r.provider_order_id for r in rows}
 
 
 def _publish(ctx: WorkerContext, outbox_ids: list[int]) -> None:
