@@ -262,10 +262,12 @@ async def client_main(args: argparse.Namespace) -> None:
                 stats.latencies = array("q")
                 stats.received = 0
                 reply({"ok": True})
-            elif cmd == "collect":
-                with open(rest[0], "wb") as f:
+            elif cmd == "collect":  # each load generator writes its own file
+                path = f"{rest[0]}.{os.getpid()}"
+                with open(path, "wb") as f:
                     stats.latencies.tofile(f)
-                reply({"in_window": len(stats.latencies), "received": stats.received,
+                reply({"path": path, "in_window": len(stats.latencies),
+                       "received": stats.received,
                        "closed": stats.closed,
                        "open": stats.connected - sum(stats.closed.values())})
             elif cmd == "quit":
@@ -618,15 +620,14 @@ class Bench:
         time.sleep(DRAIN)
         lat = array("q")
         closed: dict[str, int] = {}
-        for i, report in enumerate(self.ask(clients, f"collect {self.tmp / 'lat'}")):
-            path = self.tmp / "lat"
+        for report in self.ask(clients, f"collect {self.tmp / 'lat'}"):
             part = array("q")
-            with open(path, "rb") as f:
+            with open(report["path"], "rb") as f:
                 part.frombytes(f.read())
+            os.unlink(report["path"])
             lat.extend(part)
             for k, v in report["closed"].items():
                 closed[k] = closed.get(k, 0) + v
-            del i
         lat = array("q", sorted(lat))
         cpu = {k: after[k] - before[k] for k in watched}
         result.seconds = measured

@@ -389,6 +389,36 @@ def test_ping_is_answered_and_other_messages_ignored(
     run(scenario())
 
 
+def test_heartbeat_drops_a_silent_peer_and_keeps_one_that_answers(
+        settings: Settings, publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "HEARTBEAT", 0.5)
+
+    with serve(settings) as server:
+
+        async def scenario() -> None:
+            async with aiohttp.ClientSession() as session:
+                alive = await session.ws_connect(ws_url(server, settings, 111))  # answers pings
+                silent = await session.ws_connect(ws_url(server, settings, 222), autoping=False)
+                await receive(alive), await receive(silent)
+                # aiohttp answers pings inside receive(): the live peer keeps reading.
+                reading = asyncio.ensure_future(receive(alive, timeout=10.0))
+                pings = 0
+                while True:
+                    message = await silent.receive(timeout=TIMEOUT)
+                    if message.type is not WSMsgType.PING:
+                        break
+                    pings += 1
+                assert pings >= 1
+                assert message.type in (WSMsgType.CLOSED, WSMsgType.ERROR), message
+                await asyncio.sleep(1.5)  # three more rounds
+                assert not reading.done()
+                outbox_id = await asyncio.to_thread(publisher.deposit, 111)
+                assert (await reading)["id"] == event_id(outbox_id)
+                await alive.close()
+
+        run(scenario())
+
+
 def test_shutdown_closes_sockets_with_1001(settings: Settings) -> None:
     server = ServerThread(lambda: gateway_app(settings))
     server.start()

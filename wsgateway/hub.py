@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from monitoring.metrics import METRICS, Metrics
 from paxyo.keys import Keys
 from wsgateway.close_codes import CloseCode, reason
+from wsgateway.heartbeat import PING_FRAME, Heartbeat
 
 log = logging.getLogger("wsgateway.hub")
 
@@ -44,6 +45,7 @@ READ_COUNT = 500  # entries per XREAD
 READ_BLOCK_MS = 1000  # XREAD BLOCK
 BATCH_WAIT = 0.003  # seconds to wait after a part-full batch, to batch more
 SEEN_IDS = 10_000  # recently routed outbox ids remembered to drop stream duplicates
+HEARTBEAT = 20.0  # seconds between pings to each socket; half of it to answer
 CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take
 STALLED_CLOSE_TIMEOUT = 1.0  # a stalled client's close frame waits behind its unread data
 STALLED_ABORT_AFTER = 30.0  # seconds a closed but unread socket may keep its buffered output
@@ -74,7 +76,8 @@ class Subscriber:
     with 4008 and resumes from its last id when it reconnects.
     """
 
-    __slots__ = ("_hub", "_pending", "_skip", "_transport", "_until", "closing", "user_id", "ws")
+    __slots__ = ("_awaiting_pong", "_hub", "_pending", "_skip", "_transport", "_until", "closing",
+                 "heartbeat_slot", "user_id", "ws")
 
     def __init__(self, hub: Hub, ws: web.WebSocketResponse, user_id: int, queue_size: int):
         self._hub = hub
@@ -85,6 +88,8 @@ class Subscriber:
         self._pending: list | None = []
         self._skip: frozenset[int] = frozenset()
         self._until: tuple[int, int] | None = None
+        self._awaiting_pong = False
+        self.heartbeat_slot = 0
 
     def deliver(self, event_id: int, frame: bytes, stream_id: bytes | str) -> int:
         """Write a live event (called by the hub in stream order); returns 1 if written."""
@@ -106,6 +111,23 @@ class Subscriber:
         """Write a non-event message (e.g. a pong) behind the events already written."""
         if self.closing is None:
             self._write(text_frame(text.encode()))
+
+    def ping(self) -> None:
+        """Heartbeat: write a ping; the peer must answer (or send anything) before the check."""
+        if self.closing is None:
+            self._awaiting_pong = True
+            self._write(PING_FRAME)
+
+    def heard(self) -> None:
+        """The peer sent something (a pong or a message): it is alive."""
+        self._awaiting_pong = False
+
+    def check_pong(self) -> None:
+        """Heartbeat: drop a peer that has not answered the last ping (no close handshake)."""
+        transport = self._transport
+        if self._awaiting_pong and transport is not None and not transport.is_closing():
+            log.info("ws: user %s did not answer a ping; dropping the connection", self.user_id)
+            transport.abort()
 
     def go_live(self, replayed_ids: Iterable[int], stream_end: str = "0-0") -> None:
         """End replay: release held events published after the history was read.
@@ -160,7 +182,8 @@ class Hub:
 
     def __init__(self, client: aioredis.Redis, keys: Keys, *, metrics: Metrics = METRICS,
                  queue_size: int = HOLD_LIMIT, read_count: int = READ_COUNT,
-                 block_ms: int = READ_BLOCK_MS, batch_wait: float = BATCH_WAIT) -> None:
+                 block_ms: int = READ_BLOCK_MS, batch_wait: float = BATCH_WAIT,
+                 heartbeat: float = HEARTBEAT) -> None:
         self.client = client
         self.keys = keys
         self.metrics = metrics
@@ -173,6 +196,7 @@ class Hub:
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
+        self.heartbeat = Heartbeat(heartbeat)
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -180,9 +204,11 @@ class Hub:
         """Register a socket for its user's live events; they are held until ``go_live``."""
         subscriber = Subscriber(self, ws, user_id, self.queue_size)
         self._users.setdefault(user_id, set()).add(subscriber)
+        self.heartbeat.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.heartbeat.remove(subscriber)
         subscribers = self._users.get(subscriber.user_id)
         if subscribers is not None:
             subscribers.discard(subscriber)
@@ -214,8 +240,10 @@ class Hub:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("hub: Redis unavailable at start (%s); reading once it answers", exc)
         self._reader = asyncio.create_task(self._read_forever(), name="ws-hub-reader")
+        self.heartbeat.start()
 
     async def stop(self) -> None:
+        await self.heartbeat.stop()
         if self._reader is not None:
             self._reader.cancel()
             # A cancelled blocking XREAD can take a while to unwind inside redis-py; shutdown

@@ -36,7 +36,6 @@ from wsgateway.hub import Hub, Subscriber
 
 log = logging.getLogger("wsgateway.ws")
 
-HEARTBEAT = 20.0  # seconds between server pings; a peer that misses a pong is dropped
 MAX_MESSAGE = 4096  # bytes a client message may have (clients only ever send "ping")
 GREETING_TIMEOUT = 10.0  # seconds Redis and the database get to answer for the hello
 READER_SOCKET_TIMEOUT = hub_module.READ_BLOCK_MS / 1000 + 5.0
@@ -77,7 +76,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     except TokenError as exc:
         return error_response(401, str(exc))
     # compress=False: events are small, and live frames are written pre-built, uncompressed.
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=MAX_MESSAGE,
+    # No aiohttp heartbeat and no autoping: the hub pings every socket from one timer, and
+    # the read loop notes every pong.
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=False,
                                timeout=hub_module.CLOSE_TIMEOUT, compress=False)
     if not ws.can_prepare(request).ok:
         return error_response(400, "expected a WebSocket upgrade")
@@ -142,17 +143,25 @@ def _hello(user_id: int, balance: Decimal | None, replay: Replay, decimals: int)
 
 
 async def _read_until_closed(ws: web.WebSocketResponse, subscriber: Subscriber) -> None:
-    """Answer "ping" with a pong; ignore anything else. Returns when the socket closes."""
+    """Answer "ping" and ping frames; note that the peer is alive; ignore anything else.
+
+    Returns when the socket closes.
+    """
     async for message in ws:
-        if message.type is WSMsgType.TEXT and message.data.strip() == "ping":
-            subscriber.send_soon(PONG)
+        subscriber.heard()
+        if message.type is WSMsgType.TEXT:
+            if message.data.strip() == "ping":
+                subscriber.send_soon(PONG)
+        elif message.type is WSMsgType.PING:
+            await ws.pong(message.data)
 
 
 async def _run_hub(app: web.Application) -> AsyncIterator[None]:
     settings = app[WS_SETTINGS]
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
                                      socket_timeout=READER_SOCKET_TIMEOUT)
-    hub = Hub(client, Keys(settings.redis_prefix), queue_size=hub_module.HOLD_LIMIT)
+    hub = Hub(client, Keys(settings.redis_prefix), queue_size=hub_module.HOLD_LIMIT,
+              heartbeat=hub_module.HEARTBEAT)
     app[HUB] = hub
     await hub.start()
     _freeze_gc()
