@@ -74,9 +74,14 @@ BENCH_KEY = "bench_ts"
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of one process (all its threads), in seconds."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of one process (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def machine_busy_seconds() -> float:
@@ -341,6 +346,7 @@ class Result:
     max_ms: float = float("nan")
     deliveries_per_s: float = 0.0
     server_cpu_s: float = 0.0
+    server_sys_s: float = 0.0  # of which kernel time (stime)
     deliveries_per_cpu_s: float = 0.0
     redis_cpu_s: float | None = None
     clients_cpu_s: float = 0.0
@@ -598,14 +604,16 @@ class Bench:
             out = Path(args.profile_dir).resolve() / f"gateway-C{result.clients}-R{rate}.txt"
             py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
             profiler = self.spawn([py_spy, "record", "--pid", str(srv.pid), "--duration",
-                                   str(int(args.duration)), "--rate", "250", "--nonblocking",
+                                   str(int(args.duration)), "--rate", "250", "--native",
                                    "--format", "raw", "-o", str(out)], log="py-spy")
             print(f"    py-spy -> {out}", flush=True)
         before = {k: cpu_seconds(pid) for k, pid in watched.items()}
+        sys_before = cpu_split(srv.pid)[1]
         busy0 = machine_busy_seconds()
         t0 = time.monotonic()
         time.sleep(max(0.0, win[1] / 1e6 - time.time()))
         after = {k: cpu_seconds(pid) for k, pid in watched.items()}
+        sys_after = cpu_split(srv.pid)[1]
         busy1 = machine_busy_seconds()
         measured = time.monotonic() - t0
         try:
@@ -638,6 +646,7 @@ class Bench:
         result.max_ms = (lat[-1] / 1000) if lat else float("nan")
         result.deliveries_per_s = len(lat) / args.duration
         result.server_cpu_s = cpu["server"]
+        result.server_sys_s = sys_after - sys_before
         result.deliveries_per_cpu_s = len(lat) / cpu["server"] if cpu["server"] > 0 else 0.0
         result.redis_cpu_s = cpu.get("redis")
         result.clients_cpu_s = sum(v for k, v in cpu.items() if k.startswith("client"))
@@ -674,7 +683,7 @@ def row_text(r: Result) -> str:
     return (f"{r.server:8s} C={r.clients:<6d} {r.rate:>6d} ev/s: p50 {r.p50_ms:7.1f} ms, "
             f"p99 {r.p99_ms:7.1f} ms, max {r.max_ms:7.1f} ms, {r.deliveries_per_s:8.0f} deliv/s, "
             f"{r.deliveries_per_cpu_s:8.0f} deliv/CPU-s (server {r.server_cpu_s / r.seconds:.2f} "
-            f"cores), RSS/conn {r.rss_per_conn_kb:5.1f} KB, lost {r.lost}"
+            f"cores, {r.server_sys_s / max(r.server_cpu_s, 1e-9):.0%} kernel), RSS/conn {r.rss_per_conn_kb:5.1f} KB, lost {r.lost}"
             + (f", closed {r.closed}" if r.closed else "")
             + f" [CPU cores: clients {r.clients_cpu_s / r.seconds:.2f}, publisher "
               f"{r.publisher_cpu_s / r.seconds:.2f}"

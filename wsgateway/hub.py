@@ -2,20 +2,22 @@
 
 Concurrency and lifecycle:
 
-- :class:`Hub` runs a single task that XREADs the global event stream (``BLOCK``, up to
-  ``READ_COUNT`` entries) and hands each entry to the :class:`Subscriber`s of its user. There
-  is never a Redis connection or an XREAD per socket. After a part-full batch it waits
-  ``BATCH_WAIT`` seconds so the next XREAD carries more entries (perf-notes: events per XREAD
-  dominate CPU). Each outbox id is routed once even if the stream carries it twice (a repeat
-  publish after a crash): the hub remembers the last ``SEEN_IDS`` ids.
-- Routing never awaits. Each subscriber has a bounded queue drained by its own writer task, so
-  one client that stops reading cannot stall the others; when its queue is full it is closed
-  with 4008 TOO_SLOW and resumes after reconnecting.
+- :class:`Hub` follows the global event stream with one :class:`StreamTail` (a single XREAD
+  connection, ``BLOCK``, up to ``READ_COUNT`` entries) and hands each entry to the
+  :class:`Subscriber`s of its user. There is never a Redis connection or an XREAD per socket.
+  After a part-full batch the next XREAD waits ``BATCH_WAIT`` seconds so it carries more
+  entries (perf-notes: events per XREAD dominate CPU). Each outbox id is routed once even if
+  the stream carries it twice (a repeat publish after a crash): the hub remembers the last
+  ``SEEN_IDS`` ids.
+- Routing never awaits: each event's frame is written straight to its sockets' transports.
+  A client that stops reading cannot stall the others; once its unsent output passes
+  ``WRITE_BUFFER_LIMIT`` it is closed with 4008 TOO_SLOW and resumes after reconnecting.
 - A new subscriber starts in replay mode: live events are held back while the WebSocket handler
   sends the history. Then only stream entries after the one that was last when the history was
   read are delivered (and never an id the replay carried): no gap and no duplicate, also for
   events that arrive during the replay or that this hub's reader routes late.
 - Payloads are forwarded as stored (decoded once per event, never re-encoded).
+- One :class:`~wsgateway.heartbeat.Heartbeat` pings every socket and drops dead peers.
 - If Redis drops, the reader logs, backs off and resumes from the last id it read.
 """
 
@@ -37,6 +39,7 @@ from monitoring.metrics import METRICS, Metrics
 from paxyo.keys import Keys
 from wsgateway.close_codes import CloseCode, reason
 from wsgateway.heartbeat import PING_FRAME, Heartbeat
+from wsgateway.stream_tail import StreamTail
 
 log = logging.getLogger("wsgateway.hub")
 
@@ -196,6 +199,7 @@ class Hub:
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
+        self._tail: StreamTail | None = None
         self.heartbeat = Heartbeat(heartbeat)
 
     # -- subscribers ----------------------------------------------------------------------------
@@ -246,8 +250,7 @@ class Hub:
         await self.heartbeat.stop()
         if self._reader is not None:
             self._reader.cancel()
-            # A cancelled blocking XREAD can take a while to unwind inside redis-py; shutdown
-            # must stay within the platform's grace period, so wait a bounded time.
+            # Bounded: shutdown must stay within the platform's grace period.
             done, _ = await asyncio.wait({self._reader}, timeout=STOP_TIMEOUT)
             if not done:
                 log.warning("stream reader did not stop within %.0fs; leaving it", STOP_TIMEOUT)
@@ -256,36 +259,34 @@ class Hub:
     async def _read_forever(self) -> None:
         backoff = BACKOFF_FIRST
         recovering = False
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 if self.position is None:
                     self.position = await self._stream_end()
                 elif recovering:
                     await self._check_stream_reset()
-                recovering = False
-                # Raw XREAD: redis-py's xread() reshapes every reply into dicts (perf: ~9%).
-                reply = await self.client.execute_command(
-                    "XREAD", "COUNT", self.read_count, "BLOCK", self.block_ms,
-                    "STREAMS", self.keys.events, self.position)
+                tail = StreamTail(self.keys.events, self._route_tail, count=self.read_count,
+                                  block_ms=self.block_ms, batch_wait=self.batch_wait)
+                self._tail = tail
+                recovering = True  # whatever ends the tail, check the stream before resuming
+                await tail.follow(self.client.connection_pool, self.position)
             except (RedisError, OSError) as exc:
+                if loop.time() - started > BACKOFF_MAX:
+                    backoff = BACKOFF_FIRST  # it had been reading: a new outage
                 log.warning("hub: reading %s failed (%s); retrying in %.1fs",
                             self.keys.events, exc, backoff)
-                recovering = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            backoff = BACKOFF_FIRST
-            if not reply:
-                entries = []
-            elif isinstance(reply, dict):  # RESP3: {stream: [[id, [f, v, ...]], ...]}
-                entries = next(iter(reply.values()))
-            else:  # RESP2: [[stream, [[id, [f, v, ...]], ...]]]
-                entries = reply[0][1]
-            if entries:
-                self.position = _text(entries[-1][0])
-                self.route(entries)
-                if len(entries) < self.read_count:
-                    await asyncio.sleep(self.batch_wait)
+            finally:
+                if self._tail is not None:
+                    self.position = self._tail.position
+                    self._tail = None
+
+    def _route_tail(self, entries: list[Any]) -> None:
+        self.position = _text(entries[-1][0])
+        self.route(entries)
 
     def route(self, entries: list[tuple[Any, Any]]) -> None:
         """Hand each new event to its user's subscribers on this process (metrics per batch)."""
