@@ -10,6 +10,7 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -41,8 +42,15 @@ class PrivateRedis:
     append-only file there, so its data survive a stop and start, as a managed Redis's do.
     """
 
-    def __init__(self, port: int, persist_dir: Path | None = None) -> None:
+    def __init__(self, port: int, persist_dir: Path | None = None, *,
+                 extra_args: Sequence[str] = (), url: str | None = None,
+                 binary: str | None = None) -> None:
+        """``extra_args`` are added to the server's command line (later options win); ``url``
+        says how clients reach it when those change that (a password, TLS)."""
         self.port = port
+        self.extra_args = list(extra_args)
+        self._url = url
+        self.binary = binary
         self.persistent = persist_dir is not None
         if persist_dir is not None:
             persist_dir.mkdir(parents=True, exist_ok=True)
@@ -51,13 +59,13 @@ class PrivateRedis:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self._url or f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> str:
         self.process = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", *self._persistence(), "--dir", self.dir,
-             "--logfile", str(Path(self.dir) / "redis.log")],
+            [self.binary or redis_server_binary(), "--port", str(self.port),
+             "--bind", "127.0.0.1", "--save", "", *self._persistence(), "--dir", self.dir,
+             "--logfile", str(Path(self.dir) / "redis.log"), *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout

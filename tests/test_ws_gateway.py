@@ -521,33 +521,53 @@ def warnings_ignored() -> Iterator[None]:
         yield
 
 
+class FakeTransport:
+    def __init__(self, sent: list[str]) -> None:
+        self.sent = sent
+
+    def write(self, frame: bytes) -> None:
+        assert frame[0] == 0x81 and frame[1] < 126  # one small, final text frame
+        self.sent.append(frame[2:].decode())
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class FakeSocket:
+    """What the hub touches of an aiohttp WebSocketResponse: its transport and ``closed``."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self._req = type("Req", (), {"transport": FakeTransport(self.sent)})()
+
+
+def entry(n: int, stream_ms: int, user_id: int = 111) -> tuple[bytes, list[bytes]]:
+    """A stream entry as XREAD returns it (RESP2), in the outbox relay's field order."""
+    return (f"{stream_ms}-0".encode(), [b"u", str(user_id).encode(), b"i", str(n).encode(),
+                                        b"t", b"1", b"d", f'{{"id":"{n}"}}'.encode()])
+
+
+def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
+    hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+    socket = FakeSocket()
+    hub.subscribe(socket, 111).go_live(set())  # type: ignore[arg-type]
+    hub.route([
+        (b"1-0", [b"d", b'{"id":"1"}', b"i", b"1", b"u", b"111"]),  # another order, no t
+        (b"2-0", [b"u", b"111", b"d", b'{"id":"2"}']),  # no event id: skipped
+        (b"3-0", [b"u", b"x", b"i", b"3", b"t", b"1", b"d", b'{"id":"3"}']),  # bad user id
+        (b"4-0", [b"u", b"111", b"i", b"4"]),  # no payload
+        entry(5, 5),
+    ])
+    assert socket.sent == ['{"id":"1"}', '{"id":"5"}']
+
+
 def test_hub_holds_live_events_during_replay_and_drops_what_replay_covered() -> None:
     """Deterministic interleavings of replay and live routing, on the hub alone."""
-
-    class FakeTransport:
-        def __init__(self, sent: list[str]) -> None:
-            self.sent = sent
-
-        def write(self, frame: bytes) -> None:
-            assert frame[0] == 0x81 and frame[1] < 126  # one small, final text frame
-            self.sent.append(frame[2:].decode())
-
-        def is_closing(self) -> bool:
-            return False
-
-        def get_write_buffer_size(self) -> int:
-            return 0
-
-    class FakeSocket:
-        closed = False
-
-        def __init__(self) -> None:
-            self.sent: list[str] = []
-            self._req = type("Req", (), {"transport": FakeTransport(self.sent)})()
-
-    def entry(n: int, stream_ms: int, user_id: int = 111) -> tuple[bytes, dict[bytes, bytes]]:
-        return (f"{stream_ms}-0".encode(), {b"u": str(user_id).encode(), b"i": str(n).encode(),
-                                            b"t": b"1", b"d": f'{{"id":"{n}"}}'.encode()})
 
     async def scenario() -> tuple[list[str], list[str]]:
         hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]

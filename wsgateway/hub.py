@@ -295,12 +295,15 @@ class Hub:
         now = time.time()
         observe = self.metrics.delivery_latency.observe
         for stream_id, raw in entries:
-            fields = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=False))
             try:
-                user_id = int(fields[b"u"])
-                event_id = int(fields[b"i"])
-                payload = fields[b"d"]
-            except (KeyError, ValueError):
+                if len(raw) == 8 and raw[0] == b"u" and raw[2] == b"i" and raw[6] == b"d":
+                    # The outbox relay's layout (u, i, t, d): no dict per entry.
+                    user_id, event_id, created, payload = int(raw[1]), int(raw[3]), raw[5], raw[7]
+                else:
+                    fields = dict(zip(raw[::2], raw[1::2], strict=False))
+                    user_id, event_id = int(fields[b"u"]), int(fields[b"i"])
+                    created, payload = fields.get(b"t"), fields[b"d"]
+            except (KeyError, ValueError, TypeError):
                 log.warning("hub: skipping malformed stream entry %s", _text(stream_id))
                 continue
             if event_id in seen:
@@ -317,7 +320,7 @@ class Hub:
                 n += subscriber.deliver(event_id, frame, stream_id)
             if n:
                 delivered += n
-                created_ms = _int_or_none(fields.get(b"t"))
+                created_ms = _int_or_none(created)
                 if created_ms is not None:
                     observe(max(0.0, now - created_ms / 1000))
         if delivered:
