@@ -683,7 +683,8 @@ def row_text(r: Result) -> str:
     return (f"{r.server:8s} C={r.clients:<6d} {r.rate:>6d} ev/s: p50 {r.p50_ms:7.1f} ms, "
             f"p99 {r.p99_ms:7.1f} ms, max {r.max_ms:7.1f} ms, {r.deliveries_per_s:8.0f} deliv/s, "
             f"{r.deliveries_per_cpu_s:8.0f} deliv/CPU-s (server {r.server_cpu_s / r.seconds:.2f} "
-            f"cores, {r.server_sys_s / max(r.server_cpu_s, 1e-9):.0%} kernel), RSS/conn {r.rss_per_conn_kb:5.1f} KB, lost {r.lost}"
+            f"cores, {r.server_sys_s / max(r.server_cpu_s, 1e-9):.0%} kernel), "
+            f"RSS/conn {r.rss_per_conn_kb:5.1f} KB, lost {r.lost}"
             + (f", closed {r.closed}" if r.closed else "")
             + f" [CPU cores: clients {r.clients_cpu_s / r.seconds:.2f}, publisher "
               f"{r.publisher_cpu_s / r.seconds:.2f}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 import uuid
@@ -21,10 +22,11 @@ from aiohttp import WSMsgType, web
 from paxyo.accounts import deposit
 from paxyo.events import event_id
 from paxyo.keys import Keys
+from paxyo.private_redis import PrivateRedis
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
-from tests.support import ServerThread, http_json
+from tests.support import ServerThread, free_port, http_json
 from wsgateway import hub as hub_module
 from wsgateway.app import create_app
 from wsgateway.auth import mint_token
@@ -417,6 +419,33 @@ def test_heartbeat_drops_a_silent_peer_and_keeps_one_that_answers(
                 await alive.close()
 
         run(scenario())
+
+
+def test_live_events_flow_again_after_a_redis_restart(
+        settings: Settings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_module, "BACKOFF_MAX", 0.5)
+    server = PrivateRedis(free_port(), persist_dir=tmp_path / "redis")
+    local = dataclasses.replace(settings, redis_url=server.start())
+    publisher = Publisher(local)
+    try:
+        with serve(local) as gateway:
+
+            async def scenario() -> None:
+                async with aiohttp.ClientSession() as session, \
+                        session.ws_connect(ws_url(gateway, local, 111)) as ws:
+                    await receive(ws)
+                    before = await asyncio.to_thread(publisher.deposit, 111)
+                    assert (await receive(ws))["id"] == event_id(before)
+                    await asyncio.to_thread(server.stop)
+                    await asyncio.sleep(1.0)  # the reader fails and retries meanwhile
+                    await asyncio.to_thread(server.start)
+                    after = await asyncio.to_thread(publisher.deposit, 111)
+                    assert (await receive(ws, timeout=10))["id"] == event_id(after)
+
+            run(scenario())
+    finally:
+        publisher.close()
+        server.stop()
 
 
 def test_shutdown_closes_sockets_with_1001(settings: Settings) -> None:

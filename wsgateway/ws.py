@@ -38,7 +38,7 @@ log = logging.getLogger("wsgateway.ws")
 
 MAX_MESSAGE = 4096  # bytes a client message may have (clients only ever send "ping")
 GREETING_TIMEOUT = 10.0  # seconds Redis and the database get to answer for the hello
-READER_SOCKET_TIMEOUT = hub_module.READ_BLOCK_MS / 1000 + 5.0
+HUB_REDIS_TIMEOUT = 2.0  # seconds for the hub's own commands (finding the stream's end)
 SCRIPT_PATH = Path(__file__).parent / "static" / "paxyo-realtime.js"
 PONG = '{"type":"pong"}'
 
@@ -158,8 +158,9 @@ async def _read_until_closed(ws: web.WebSocketResponse, subscriber: Subscriber) 
 
 async def _run_hub(app: web.Application) -> AsyncIterator[None]:
     settings = app[WS_SETTINGS]
+    # The hub's stream reader takes its connection settings (URL, TLS, auth) from this client.
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
-                                     socket_timeout=READER_SOCKET_TIMEOUT)
+                                     socket_timeout=HUB_REDIS_TIMEOUT)
     hub = Hub(client, Keys(settings.redis_prefix), queue_size=hub_module.HOLD_LIMIT,
               heartbeat=hub_module.HEARTBEAT)
     app[HUB] = hub
