@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -46,9 +47,9 @@ log = logging.getLogger("wsgateway.hub")
 HOLD_LIMIT = 256  # live events held for one socket during its replay before 4008
 READ_COUNT = 500  # entries per XREAD
 READ_BLOCK_MS = 1000  # XREAD BLOCK
-BATCH_WAIT = 0.003  # seconds to wait after a part-full batch, to batch more
+BATCH_WAIT = 0.005  # seconds to wait after a part-full batch, to batch more
 SEEN_IDS = 10_000  # recently routed outbox ids remembered to drop stream duplicates
-HEARTBEAT = 20.0  # seconds between pings to each socket; half of it to answer
+HEARTBEAT = 25.0  # seconds between pings to each socket; half of it to answer
 CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take
 STALLED_CLOSE_TIMEOUT = 1.0  # a stalled client's close frame waits behind its unread data
 STALLED_ABORT_AFTER = 30.0  # seconds a closed but unread socket may keep its buffered output
@@ -59,14 +60,19 @@ BACKOFF_MAX = 5.0
 WRITE_BUFFER_LIMIT = 256 * 1024  # bytes of unsent output before a socket is closed with 4008
 
 
+_SHORT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+_MEDIUM_HEADER = struct.Struct("!BBH")
+_LONG_HEADER = struct.Struct("!BBQ")
+
+
 def text_frame(payload: bytes) -> bytes:
     """An unmasked, final WebSocket text frame (server to client), built once per event."""
     n = len(payload)
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return _SHORT_HEADERS[n] + payload
     if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+        return _MEDIUM_HEADER.pack(0x81, 126, n) + payload
+    return _LONG_HEADER.pack(0x81, 127, n) + payload
 
 
 class Subscriber:
@@ -79,8 +85,8 @@ class Subscriber:
     with 4008 and resumes from its last id when it reconnects.
     """
 
-    __slots__ = ("_awaiting_pong", "_hub", "_pending", "_skip", "_transport", "_until", "closing",
-                 "heartbeat_slot", "user_id", "ws")
+    __slots__ = ("_awaiting_pong", "_hub", "_live", "_pending", "_skip", "_transport", "_until",
+                 "closing", "heartbeat_slot", "user_id", "ws")
 
     def __init__(self, hub: Hub, ws: web.WebSocketResponse, user_id: int, queue_size: int):
         self._hub = hub
@@ -91,11 +97,14 @@ class Subscriber:
         self._pending: list | None = []
         self._skip: frozenset[int] = frozenset()
         self._until: tuple[int, int] | None = None
+        self._live = False  # replay over, past the stream position it covered, not closing
         self._awaiting_pong = False
         self.heartbeat_slot = 0
 
     def deliver(self, event_id: int, frame: bytes, stream_id: bytes | str) -> int:
         """Write a live event (called by the hub in stream order); returns 1 if written."""
+        if self._live:  # the common case, kept short: it runs once per delivery
+            return 0 if event_id in self._skip else self._write(frame)
         if self.closing is not None or event_id in self._skip:
             return 0
         if self._pending is not None:
@@ -108,6 +117,7 @@ class Subscriber:
             if stream_position(stream_id) <= self._until:
                 return 0
             self._until = None
+            self._live = True
         return self._write(frame)
 
     def send_soon(self, text: str) -> None:
@@ -150,6 +160,7 @@ class Subscriber:
         if self.closing is not None:
             return
         self.closing = code
+        self._live = False
         if code is CloseCode.TOO_SLOW:
             log.warning("ws: user %s too slow, closing with %d", self.user_id, int(code))
         self._hub.track(asyncio.ensure_future(self._close(code)))
@@ -160,6 +171,7 @@ class Subscriber:
     def _write(self, frame: bytes) -> int:
         transport = self._transport
         if transport is None or transport.is_closing() or self.ws.closed:
+            self._live = False
             return 0  # never a frame after the close frame
         if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             self.close_soon(CloseCode.TOO_SLOW)
