@@ -17,7 +17,9 @@ Concurrency and lifecycle:
   read are delivered (and never an id the replay carried): no gap and no duplicate, also for
   events that arrive during the replay or that this hub's reader routes late.
 - Payloads are forwarded as stored (decoded once per event, never re-encoded).
-- One :class:`~wsgateway.heartbeat.Heartbeat` pings every socket and drops dead peers.
+- One :class:`~wsgateway.heartbeat.Heartbeat` pings every socket and drops dead peers, and a
+  :class:`~wsgateway.gc_policy.FullCollectionPolicy` times full garbage collections by
+  connections closed rather than by objects promoted.
 - If Redis drops, the reader logs, backs off and resumes from the last id it read.
 """
 
@@ -39,6 +41,7 @@ from redis.exceptions import RedisError
 from monitoring.metrics import METRICS, Metrics
 from paxyo.keys import Keys
 from wsgateway.close_codes import CloseCode, reason
+from wsgateway.gc_policy import FullCollectionPolicy
 from wsgateway.heartbeat import PING_FRAME, Heartbeat
 from wsgateway.stream_tail import StreamTail
 
@@ -213,6 +216,8 @@ class Hub:
         self._reader: asyncio.Task[None] | None = None
         self._tail: StreamTail | None = None
         self.heartbeat = Heartbeat(heartbeat)
+        self.gc_policy = FullCollectionPolicy()
+        self._gc_task: asyncio.Task[None] | None = None
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -225,6 +230,7 @@ class Hub:
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.heartbeat.remove(subscriber)
+        self.gc_policy.connection_closed()
         subscribers = self._users.get(subscriber.user_id)
         if subscribers is not None:
             subscribers.discard(subscriber)
@@ -257,9 +263,18 @@ class Hub:
             log.warning("hub: Redis unavailable at start (%s); reading once it answers", exc)
         self._reader = asyncio.create_task(self._read_forever(), name="ws-hub-reader")
         self.heartbeat.start()
+        self.gc_policy.install()
+        self._gc_task = asyncio.create_task(self.gc_policy.run(self.subscriber_count),
+                                            name="ws-gc-policy")
 
     async def stop(self) -> None:
         await self.heartbeat.stop()
+        if self._gc_task is not None:
+            self._gc_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gc_task
+            self._gc_task = None
+        self.gc_policy.uninstall()
         if self._reader is not None:
             self._reader.cancel()
             # Bounded: shutdown must stay within the platform's grace period.
