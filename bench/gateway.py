@@ -604,7 +604,7 @@ class Bench:
             out = Path(args.profile_dir).resolve() / f"gateway-C{result.clients}-R{rate}.txt"
             py_spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
             profiler = self.spawn([py_spy, "record", "--pid", str(srv.pid), "--duration",
-                                   str(int(args.duration)), "--rate", "250", "--native",
+                                   str(int(args.duration)), "--rate", "250", "--nonblocking",
                                    "--format", "raw", "-o", str(out)], log="py-spy")
             print(f"    py-spy -> {out}", flush=True)
         before = {k: cpu_seconds(pid) for k, pid in watched.items()}
