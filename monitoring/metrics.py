@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from monitoring.batched_histogram import BatchedHistogram
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -73,7 +75,7 @@ class Metrics:
         self.events_delivered = Counter(
             "paxyo_gateway_events_delivered_total", "Events written to WebSocket clients",
             registry=registry)
-        self.delivery_latency = Histogram(
+        self.delivery_latency = BatchedHistogram(  # observed once per batch of events
             "paxyo_gateway_delivery_latency_seconds",
             "Event creation to socket write", buckets=DELIVERY_BUCKETS, registry=registry)
 

@@ -154,3 +154,30 @@ def test_metric_names_follow_the_conventions():
             assert not {"order_id", "user_id", "order", "user"} & set(sample.labels)
     text = generate_latest(metrics.registry).decode()
     assert "# TYPE paxyo_orders_checked_total counter" in text
+
+
+def test_batched_histogram_exposes_what_prometheus_clients_histogram_would() -> None:
+    from prometheus_client import Histogram
+
+    from monitoring.batched_histogram import BatchedHistogram
+
+    values = [0.0, 0.0005, 0.001, 0.004, 0.005, 0.3, 1.0, 7.0]  # bounds fall in their bucket
+    reference, batched = CollectorRegistry(), CollectorRegistry()
+    histogram = Histogram("paxyo_x_seconds", "x", buckets=(0.001, 0.005, 1), registry=reference)
+    for v in values:
+        histogram.observe(v)
+    ours = BatchedHistogram("paxyo_x_seconds", "x", buckets=(0.001, 0.005, 1), registry=batched)
+    ours.observe_many(values[:3])
+    ours.observe_many(values[3:])
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels.get("le", "")): s.value
+                for family in registry.collect() for s in family.samples
+                if not s.name.endswith("_created")}
+
+    expected, got = samples(reference), samples(batched)
+    assert got.keys() == expected.keys()
+    assert got.pop(("paxyo_x_seconds_sum", "")) == pytest.approx(
+        expected.pop(("paxyo_x_seconds_sum", "")))
+    assert got == expected
+    assert got[("paxyo_x_seconds_bucket", "0.005")] == 5

@@ -320,7 +320,7 @@ class Hub:
         seen, users = self._seen, self._users
         delivered = 0
         now = time.time()
-        observe = self.metrics.delivery_latency.observe
+        latencies: list[float] = []
         for stream_id, raw in entries:
             try:
                 if len(raw) == 8 and raw[0] == b"u" and raw[2] == b"i" and raw[6] == b"d":
@@ -349,9 +349,11 @@ class Hub:
                 delivered += n
                 created_ms = _int_or_none(created)
                 if created_ms is not None:
-                    observe(max(0.0, now - created_ms / 1000))
+                    latencies.append(max(0.0, now - created_ms / 1000))
         if delivered:
             self.metrics.events_delivered.inc(delivered)
+        if latencies:
+            self.metrics.delivery_latency.observe_many(latencies)
 
     async def _stream_end(self) -> str:
         last = await self.client.xrevrange(self.keys.events, count=1)
