@@ -19,9 +19,14 @@ from paxyo.private_redis import PrivateRedis, answers
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade
-from tests.support import ServerThread, SimulatorHandle, free_port
+from tests.support import (
+    REQUIRE_SERVICES,
+    ServerThread,
+    SimulatorHandle,
+    free_port,
+    unavailable,
+)
 
-REQUIRE_SERVICES = os.environ.get("PAXYO_REQUIRE_SERVICES") == "1"
 REDIS_URL = os.environ.get("PAXYO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_ADMIN_URL = os.environ.get(
     "PAXYO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -30,10 +35,7 @@ MYSQL_ADMIN_URL = os.environ.get(
 
 
 def _unavailable(what: str, exc: Exception) -> None:
-    message = f"{what} unreachable: {exc}"
-    if REQUIRE_SERVICES:
-        pytest.fail(message + " (PAXYO_REQUIRE_SERVICES=1)")
-    pytest.skip(message)
+    unavailable(f"{what} unreachable: {exc}")
 
 
 @pytest.fixture(scope="session")

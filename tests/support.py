@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
+import pytest
 from aiohttp import web
+
+REQUIRE_SERVICES = os.environ.get("PAXYO_REQUIRE_SERVICES") == "1"
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip a test whose outside dependency is missing; under PAXYO_REQUIRE_SERVICES=1 (CI),
+    fail it instead."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (PAXYO_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
 
 
 def free_port() -> int:

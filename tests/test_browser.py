@@ -34,8 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REQUIRE_SERVICES
-from tests.support import free_port, http_json
+from tests.support import free_port, http_json, unavailable
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -51,12 +50,6 @@ SEEDED_PROVIDER_IDS = (1000, 1001, 1002)  # the simulator's first ids: paxyo dem
 
 class Unavailable(Exception):
     """The browser or Playwright cannot be installed here."""
-
-
-def _unavailable(message: str) -> None:
-    if REQUIRE_SERVICES:
-        pytest.fail(f"{message} (PAXYO_REQUIRE_SERVICES=1)")
-    pytest.skip(message)
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -102,7 +95,7 @@ def playwright_api():  # type: ignore[no-untyped-def]
         _install_chromium()
         return _install_playwright()
     except (Unavailable, OSError, subprocess.TimeoutExpired) as exc:
-        _unavailable(f"real-browser test: {exc}")
+        unavailable(f"real-browser test: {exc}")
 
 
 # -- the system under test ------------------------------------------------------------------------

