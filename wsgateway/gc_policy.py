@@ -16,6 +16,7 @@ A connect storm (clients of a stopped gateway arriving) therefore causes no full
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -42,6 +43,7 @@ class FullCollectionPolicy:
         self._closed = 0
         self._last = clock()
         self._saved_threshold: tuple[int, int, int] | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def install(self) -> None:
         """Stop automatic full collections (young generations keep theirs)."""
@@ -72,8 +74,22 @@ class FullCollectionPolicy:
                  "objects", closed, (time.perf_counter() - started) * 1000, freed)
         return True
 
-    async def run(self, open_connections: Callable[[], int], every: float = CHECK_EVERY) -> None:
-        """Check every ``every`` seconds, forever (cancel to stop)."""
+    def start(self, open_connections: Callable[[], int], every: float = CHECK_EVERY) -> None:
+        """Install, then check every ``every`` seconds until :meth:`stop`."""
+        if self._task is None:
+            self.install()
+            self._task = asyncio.create_task(self._run(open_connections, every),
+                                             name="ws-gc-policy")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.uninstall()
+
+    async def _run(self, open_connections: Callable[[], int], every: float) -> None:
         while True:
             await asyncio.sleep(every)
             self.maybe_collect(open_connections())

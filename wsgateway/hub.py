@@ -214,10 +214,8 @@ class Hub:
         self._seen: OrderedDict[int, None] = OrderedDict()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
-        self._tail: StreamTail | None = None
         self.heartbeat = Heartbeat(heartbeat)
         self.gc_policy = FullCollectionPolicy()
-        self._gc_task: asyncio.Task[None] | None = None
 
     # -- subscribers ----------------------------------------------------------------------------
 
@@ -263,18 +261,11 @@ class Hub:
             log.warning("hub: Redis unavailable at start (%s); reading once it answers", exc)
         self._reader = asyncio.create_task(self._read_forever(), name="ws-hub-reader")
         self.heartbeat.start()
-        self.gc_policy.install()
-        self._gc_task = asyncio.create_task(self.gc_policy.run(self.subscriber_count),
-                                            name="ws-gc-policy")
+        self.gc_policy.start(self.subscriber_count)
 
     async def stop(self) -> None:
         await self.heartbeat.stop()
-        if self._gc_task is not None:
-            self._gc_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._gc_task
-            self._gc_task = None
-        self.gc_policy.uninstall()
+        await self.gc_policy.stop()
         if self._reader is not None:
             self._reader.cancel()
             # Bounded: shutdown must stay within the platform's grace period.
@@ -296,7 +287,6 @@ class Hub:
                     await self._check_stream_reset()
                 tail = StreamTail(self.keys.events, self._route_tail, count=self.read_count,
                                   block_ms=self.block_ms, batch_wait=self.batch_wait)
-                self._tail = tail
                 recovering = True  # whatever ends the tail, check the stream before resuming
                 await tail.follow(self.client.connection_pool, self.position)
             except (RedisError, OSError) as exc:
@@ -306,13 +296,9 @@ class Hub:
                             self.keys.events, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
-            finally:
-                if self._tail is not None:
-                    self.position = self._tail.position
-                    self._tail = None
 
     def _route_tail(self, entries: list[Any]) -> None:
-        self.position = _text(entries[-1][0])
+        self.position = _text(entries[-1][0])  # where the next tail resumes after an outage
         self.route(entries)
 
     def route(self, entries: list[tuple[Any, Any]]) -> None:
