@@ -173,10 +173,8 @@ class StreamTail(asyncio.Protocol):
         self._watchdog = self._loop.call_later(WATCHDOG_EVERY, self._check_alive)
 
     def _fail(self, exc: Exception) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-            self._transport = None
-        self._finish(exc)
+        self._finish(exc)  # first, so that close() does not end follow() without the error
+        self.close()
 
     def _finish(self, exc: Exception | None) -> None:
         lost = self._lost
