@@ -72,11 +72,6 @@ BENCH_KEY = "bench_ts"
 # /proc helpers
 # ---------------------------------------------------------------------------------------------
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads), in seconds."""
-    return sum(cpu_split(pid))
-
-
 def cpu_split(pid: int) -> tuple[float, float]:
     """(utime, stime) of one process (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat") as f:
@@ -609,13 +604,11 @@ class Bench:
                                    str(int(args.duration)), "--rate", "250", "--nonblocking",
                                    "--format", "raw", "-o", str(out)], log="py-spy")
             print(f"    py-spy -> {out}", flush=True)
-        before = {k: cpu_seconds(pid) for k, pid in watched.items()}
-        sys_before = cpu_split(srv.pid)[1]
+        before = {k: cpu_split(pid) for k, pid in watched.items()}
         busy0 = machine_busy_seconds()
         t0 = time.monotonic()
         time.sleep(max(0.0, win[1] / 1e6 - time.time()))
-        after = {k: cpu_seconds(pid) for k, pid in watched.items()}
-        sys_after = cpu_split(srv.pid)[1]
+        after = {k: cpu_split(pid) for k, pid in watched.items()}
         busy1 = machine_busy_seconds()
         measured = time.monotonic() - t0
         try:
@@ -639,7 +632,7 @@ class Bench:
             for k, v in report["closed"].items():
                 closed[k] = closed.get(k, 0) + v
         lat = array("q", sorted(lat))
-        cpu = {k: after[k] - before[k] for k in watched}
+        cpu = {k: sum(after[k]) - sum(before[k]) for k in watched}
         result.seconds = measured
         result.expected = pub_report["in_window"] * args.sockets_per_user
         result.delivered = len(lat)
@@ -648,7 +641,7 @@ class Bench:
         result.max_ms = (lat[-1] / 1000) if lat else float("nan")
         result.deliveries_per_s = len(lat) / args.duration
         result.server_cpu_s = cpu["server"]
-        result.server_sys_s = sys_after - sys_before
+        result.server_sys_s = after["server"][1] - before["server"][1]
         result.deliveries_per_cpu_s = len(lat) / cpu["server"] if cpu["server"] > 0 else 0.0
         result.redis_cpu_s = cpu.get("redis")
         result.clients_cpu_s = sum(v for k, v in cpu.items() if k.startswith("client"))
