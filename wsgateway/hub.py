@@ -7,8 +7,8 @@ Concurrency and lifecycle:
   :class:`Subscriber`s of its user. There is never a Redis connection or an XREAD per socket.
   After a part-full batch the next XREAD waits ``BATCH_WAIT`` seconds so it carries more
   entries (perf-notes: events per XREAD dominate CPU). Each outbox id is routed once even if
-  the stream carries it twice (a repeat publish after a crash): the hub remembers the last
-  ``SEEN_IDS`` ids.
+  the stream carries it twice (a repeat publish after a crash): the hub remembers at least
+  the last ``SEEN_IDS`` ids.
 - Routing never awaits: each event's frame is written straight to its sockets' transports.
   A client that stops reading cannot stall the others; once its unsent output passes
   ``WRITE_BUFFER_LIMIT`` it is closed with 4008 TOO_SLOW and resumes after reconnecting.
@@ -30,12 +30,12 @@ import contextlib
 import logging
 import struct
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from redis.exceptions import RedisError
 
 from monitoring.metrics import METRICS, Metrics
@@ -78,6 +78,24 @@ def text_frame(payload: bytes) -> bytes:
     return _LONG_HEADER.pack(0x81, 127, n) + payload
 
 
+class HubWebSocket(web.WebSocketResponse):
+    """The gateway's WebSocketResponse: it tells its subscriber before the close frame goes out.
+
+    The hub writes event frames to the transport itself, bypassing aiohttp. Every close frame
+    aiohttp writes (ours, the answer to the client's, a protocol error's) goes through
+    :meth:`close`, so the subscriber stops writing before it, and the hub need not ask aiohttp
+    on every delivery.
+    """
+
+    subscriber: Subscriber | None = None
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"",
+                    drain: bool = True) -> bool:
+        if self.subscriber is not None:
+            self.subscriber.socket_closing()
+        return await super().close(code=code, message=message, drain=drain)
+
+
 class Subscriber:
     """One WebSocket of one user.
 
@@ -91,7 +109,7 @@ class Subscriber:
     __slots__ = ("_awaiting_pong", "_hub", "_live", "_pending", "_skip", "_transport", "_until",
                  "closing", "heartbeat_slot", "user_id", "ws")
 
-    def __init__(self, hub: Hub, ws: web.WebSocketResponse, user_id: int, queue_size: int):
+    def __init__(self, hub: Hub, ws: HubWebSocket, user_id: int, queue_size: int):
         self._hub = hub
         self.ws = ws
         self.user_id = user_id
@@ -100,14 +118,19 @@ class Subscriber:
         self._pending: list | None = []
         self._skip: frozenset[int] = frozenset()
         self._until: tuple[int, int] | None = None
-        self._live = False  # replay over, past the stream position it covered, not closing
+        # Replay over, past the stream position it covered, and the socket open: cleared by
+        # close_soon, by socket_closing (before aiohttp's close frame) and by a failed write.
+        self._live = False
         self._awaiting_pong = False
         self.heartbeat_slot = 0
 
     def deliver(self, event_id: int, frame: bytes, stream_id: bytes | str) -> int:
-        """Write a live event (called by the hub in stream order); returns 1 if written."""
-        if self._live:  # the common case, kept short: it runs once per delivery
-            return 0 if event_id in self._skip else self._write(frame)
+        """Write a live event (called by the hub in stream order); returns 1 if written.
+
+        The hub's routing loop inlines the first branch (see :meth:`Hub.route`).
+        """
+        if self._live:
+            return 0 if event_id in self._skip else self.write_live(frame)
         if self.closing is not None or event_id in self._skip:
             return 0
         if self._pending is not None:
@@ -120,8 +143,21 @@ class Subscriber:
             if stream_position(stream_id) <= self._until:
                 return 0
             self._until = None
-            self._live = True
+            self._live = self._writable()
         return self._write(frame)
+
+    def write_live(self, frame: bytes) -> int:
+        """The per-delivery path of a live socket: one buffer check and one write."""
+        transport = self._transport
+        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            self.close_soon(CloseCode.TOO_SLOW)
+            return 0
+        try:
+            transport.write(frame)
+        except RuntimeError:  # uvloop, once the peer's close is processed: the handler ends
+            self._live = False
+            return 0
+        return 1
 
     def send_soon(self, text: str) -> None:
         """Write a non-event message (e.g. a pong) behind the events already written."""
@@ -171,11 +207,22 @@ class Subscriber:
     async def stop(self) -> None:
         """Nothing runs per socket; kept so the handler's teardown reads the same."""
 
-    def _write(self, frame: bytes) -> int:
+    def socket_closing(self) -> None:
+        """aiohttp is about to write the close frame: no event frame may follow it."""
+        self._live = False
+
+    def _writable(self) -> bool:
         transport = self._transport
-        if transport is None or transport.is_closing() or self.ws.closed:
+        return (self.closing is None and transport is not None and not transport.is_closing()
+                and not self.ws.closed)
+
+    def _write(self, frame: bytes) -> int:
+        """Write outside the live fast path (held events, pings, pongs), checking everything."""
+        if not self._writable():
             self._live = False
             return 0  # never a frame after the close frame
+        transport = self._transport
+        assert transport is not None
         if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             self.close_soon(CloseCode.TOO_SLOW)
             return 0
@@ -210,8 +257,10 @@ class Hub:
         self.block_ms = block_ms
         self.batch_wait = batch_wait
         self.position: str | None = None  # last stream id read; None: not yet resolved
-        self._users: dict[int, set[Subscriber]] = {}
-        self._seen: OrderedDict[int, None] = OrderedDict()
+        # A tuple per user: routing iterates it once per event, subscribing is rare.
+        self._users: dict[int, tuple[Subscriber, ...]] = {}
+        self._subscribers = 0
+        self._seen: dict[int, None] = {}  # insertion-ordered; trimmed in bulk
         self._tasks: set[asyncio.Future[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
         self.heartbeat = Heartbeat(heartbeat)
@@ -219,24 +268,29 @@ class Hub:
 
     # -- subscribers ----------------------------------------------------------------------------
 
-    def subscribe(self, ws: web.WebSocketResponse, user_id: int) -> Subscriber:
+    def subscribe(self, ws: HubWebSocket, user_id: int) -> Subscriber:
         """Register a socket for its user's live events; they are held until ``go_live``."""
         subscriber = Subscriber(self, ws, user_id, self.queue_size)
-        self._users.setdefault(user_id, set()).add(subscriber)
+        ws.subscriber = subscriber
+        self._users[user_id] = (*self._users.get(user_id, ()), subscriber)
+        self._subscribers += 1
         self.heartbeat.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.heartbeat.remove(subscriber)
         self.gc_policy.connection_closed()
-        subscribers = self._users.get(subscriber.user_id)
-        if subscribers is not None:
-            subscribers.discard(subscriber)
-            if not subscribers:
+        subscribers = self._users.get(subscriber.user_id, ())
+        if subscriber in subscribers:
+            self._subscribers -= 1
+            rest = tuple(s for s in subscribers if s is not subscriber)
+            if rest:
+                self._users[subscriber.user_id] = rest
+            else:
                 del self._users[subscriber.user_id]
 
     def subscriber_count(self) -> int:
-        return sum(len(s) for s in self._users.values())
+        return self._subscribers
 
     def track(self, future: asyncio.Future[Any]) -> None:
         """Keep a background close alive until it finishes."""
@@ -322,20 +376,26 @@ class Hub:
             if event_id in seen:
                 continue
             seen[event_id] = None
-            if len(seen) > SEEN_IDS:
-                seen.popitem(last=False)
             subscribers = users.get(user_id)
-            if not subscribers:
+            if subscribers is None:
                 continue
             frame = text_frame(payload)
             n = 0
-            for subscriber in subscribers:
-                n += subscriber.deliver(event_id, frame, stream_id)
+            for subscriber in subscribers:  # Subscriber.deliver, its common case inline
+                if subscriber._live and event_id not in subscriber._skip:
+                    n += subscriber.write_live(frame)
+                else:
+                    n += subscriber.deliver(event_id, frame, stream_id)
             if n:
                 delivered += n
-                created_ms = _int_or_none(created)
-                if created_ms is not None:
-                    latencies.append(max(0.0, now - created_ms / 1000))
+                if created:
+                    try:
+                        latency = now - int(created) / 1000
+                    except ValueError:  # a bad time stamp costs the metric, not the event
+                        continue
+                    latencies.append(latency if latency > 0 else 0.0)
+        if len(seen) > 2 * SEEN_IDS:
+            self._seen = dict.fromkeys(islice(seen, len(seen) - SEEN_IDS, None))
         if delivered:
             self.metrics.events_delivered.inc(delivered)
         if latencies:
@@ -356,13 +416,6 @@ class Hub:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _int_or_none(value: bytes | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
 
 
 def stream_position(stream_id: bytes | str) -> tuple[int, int]:

@@ -32,7 +32,7 @@ from wsgateway.auth import TokenError, verify_token
 from wsgateway.close_codes import CloseCode, reason
 from wsgateway.history import Replay, read_replay
 from wsgateway.http_api import error_response
-from wsgateway.hub import Hub, Subscriber
+from wsgateway.hub import Hub, HubWebSocket, Subscriber
 
 log = logging.getLogger("wsgateway.ws")
 
@@ -78,8 +78,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     # compress=False: events are small, and live frames are written pre-built, uncompressed.
     # No aiohttp heartbeat and no autoping: the hub pings every socket from one timer, and
     # the read loop notes every pong.
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, autoping=False,
-                               timeout=hub_module.CLOSE_TIMEOUT, compress=False)
+    ws = HubWebSocket(max_msg_size=MAX_MESSAGE, autoping=False,
+                      timeout=hub_module.CLOSE_TIMEOUT, compress=False)
     if not ws.can_prepare(request).ok:
         return error_response(400, "expected a WebSocket upgrade")
     await ws.prepare(request)
