@@ -18,7 +18,10 @@ import orjson
 import pytest
 import redis
 from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
 
+from monitoring.metrics import Metrics
 from paxyo.accounts import deposit
 from paxyo.events import event_id
 from paxyo.keys import Keys
@@ -593,6 +596,42 @@ def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
         entry(5, 5),
     ])
     assert socket.sent == ['{"id":"1"}', '{"id":"5"}']
+
+
+def test_no_event_frame_follows_the_close_frame() -> None:
+    """The hub writes past aiohttp; closing the socket must stop it before the close frame."""
+    registry = CollectorRegistry()
+    hub = hub_module.Hub(None, Keys("unused"), metrics=Metrics(registry))  # type: ignore[arg-type]
+    after_close: list[float] = []
+
+    def delivered() -> float:
+        return registry.get_sample_value("paxyo_gateway_events_delivered_total") or 0.0
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = hub_module.HubWebSocket()
+        await ws.prepare(request)
+        subscriber = hub.subscribe(ws, 111)
+        subscriber.go_live(set())
+        hub.route([entry(1, 1)])
+        closing = asyncio.ensure_future(ws.close())
+        await asyncio.sleep(0)  # the close frame is written; the close handshake is pending
+        before = delivered()
+        hub.route([entry(2, 2)])
+        after_close.append(delivered() - before)
+        await closing
+        hub.unsubscribe(subscriber)
+        return ws
+
+    async def scenario() -> list[Any]:
+        app = web.Application()
+        app.router.add_get("/ws", handler)
+        async with TestServer(app) as server, aiohttp.ClientSession() as session, \
+                session.ws_connect(server.make_url("/ws")) as ws:
+            return [message.data async for message in ws]
+
+    messages = run(scenario())
+    assert messages == ['{"id":"1"}']
+    assert after_close == [0]
 
 
 def test_hub_holds_live_events_during_replay_and_drops_what_replay_covered() -> None:

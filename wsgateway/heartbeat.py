@@ -6,6 +6,11 @@ Here one task walks the sockets in ``SLOTS`` slices, one slice per tick: it writ
 ping frame to the slice whose turn it is and checks the slice pinged half a round earlier. A
 socket that has received nothing since its ping (no pong, no message) is a dead peer and is
 dropped, so a dead peer is noticed ``interval`` to ``1.5 * interval`` after it went silent.
+
+Slices are small so that one tick's pings, and the pongs that come back at once, do not hold
+up deliveries: at 10k sockets and 100 events/s (bench/gateway.py), 20 slices (500 sockets a
+tick) made the delivery p99 11 ms and max 79 ms; 100 slices, 2.8 ms and 7 ms (0.8 ms p99
+without pings). The CPU the pings cost is the same either way.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import contextlib
 from typing import Protocol
 
-SLOTS = 20
+SLOTS = 100
 PING_FRAME = b"\x89\x00"  # final ping frame, empty payload, unmasked (server to client)
 
 
