@@ -63,6 +63,7 @@ BACKOFF_MAX = 5.0
 WRITE_BUFFER_LIMIT = 256 * 1024  # bytes of unsent output before a socket is closed with 4008
 
 
+_NO_IDS: frozenset[int] = frozenset()  # shared: one object less to touch per delivery
 _SHORT_HEADERS = [bytes((0x81, n)) for n in range(126)]
 _MEDIUM_HEADER = struct.Struct("!BBH")
 _LONG_HEADER = struct.Struct("!BBQ")
@@ -116,7 +117,7 @@ class Subscriber:
         self.closing: CloseCode | None = None
         self._transport = ws._req.transport if ws._req is not None else None
         self._pending: list | None = []
-        self._skip: frozenset[int] = frozenset()
+        self._skip: frozenset[int] = _NO_IDS
         self._until: tuple[int, int] | None = None
         # Replay over, past the stream position it covered, and the socket open: cleared by
         # close_soon, by socket_closing (before aiohttp's close frame) and by a failed write.
@@ -188,7 +189,7 @@ class Subscriber:
         entry up to it was replayed, already seen by the client, or is covered by a
         ``recovered: false`` hello, so only later entries are delivered.
         """
-        self._skip = frozenset(replayed_ids)
+        self._skip = frozenset(replayed_ids) or _NO_IDS
         self._until = stream_position(stream_end)
         pending, self._pending = self._pending or [], None
         for event_id, frame, stream_id in pending:
