@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -599,6 +601,21 @@ def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
         entry(5, 5),
     ])
     assert socket.sent == ['{"id":"1"}', '{"id":"5"}']
+
+
+def test_an_unsubscribed_socket_is_freed_without_the_cycle_collector() -> None:
+    """Full collections are rare in the gateway (gc_policy): a closed socket must not wait."""
+    hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+    socket = FakeSocket()
+    subscriber = hub.subscribe(socket, 111)  # type: ignore[arg-type]
+    freed = weakref.ref(socket)
+    gc.disable()
+    try:
+        hub.unsubscribe(subscriber)
+        del socket, subscriber
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_no_event_frame_follows_the_close_frame() -> None:

@@ -279,6 +279,7 @@ class Hub:
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        subscriber.ws.subscriber = None  # no cycle left for the collector: refcounting frees it
         self.heartbeat.remove(subscriber)
         self.gc_policy.connection_closed()
         subscribers = self._users.get(subscriber.user_id, ())
