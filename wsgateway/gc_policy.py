@@ -16,11 +16,12 @@ A connect storm (clients of a stopped gateway arriving) therefore causes no full
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
 from collections.abc import Callable
+
+from wsgateway.tasks import cancel_and_wait
 
 log = logging.getLogger("wsgateway.gc")
 
@@ -83,9 +84,7 @@ class FullCollectionPolicy:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         self.uninstall()
 

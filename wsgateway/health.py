@@ -26,6 +26,7 @@ from paxyo import ops
 from paxyo.keys import Keys
 from wsgateway.app import ENGINE, REDIS, SETTINGS, run_blocking
 from wsgateway.http_api import json_response
+from wsgateway.tasks import cancel_and_wait
 
 log = logging.getLogger("wsgateway.health")
 
@@ -82,9 +83,7 @@ async def _metrics_pusher(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         await run_blocking(app, _leave, pusher, keys)
         client.close()
 

@@ -16,8 +16,9 @@ without pings). The CPU the pings cost is the same either way.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Protocol
+
+from wsgateway.tasks import cancel_and_wait
 
 SLOTS = 100
 PING_FRAME = b"\x89\x00"  # final ping frame, empty payload, unmasked (server to client)
@@ -52,15 +53,17 @@ class Heartbeat:
     def remove(self, socket: Pingable) -> None:
         self._slots[socket.heartbeat_slot].discard(socket)
 
+    def __len__(self) -> int:
+        """Sockets registered (a sum over the slices, not over the sockets)."""
+        return sum(map(len, self._slots))
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="ws-heartbeat")
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -128,7 +128,9 @@ class Subscriber:
     def deliver(self, event_id: int, frame: bytes, stream_id: bytes | str) -> int:
         """Write a live event (called by the hub in stream order); returns 1 if written.
 
-        The hub's routing loop inlines the first branch (see :meth:`Hub.route`).
+        :meth:`Hub.route` makes the first branch's check itself and calls :meth:`write_live`
+        (one call per delivery instead of two: 2.4% of the routing's instructions,
+        bench/hub_cost.py).
         """
         if self._live:
             return 0 if event_id in self._skip else self.write_live(frame)
@@ -222,13 +224,7 @@ class Subscriber:
         if not self._writable():
             self._live = False
             return 0  # never a frame after the close frame
-        transport = self._transport
-        assert transport is not None
-        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-            self.close_soon(CloseCode.TOO_SLOW)
-            return 0
-        transport.write(frame)
-        return 1
+        return self.write_live(frame)
 
     async def _close(self, code: CloseCode) -> None:
         transport = self._transport
@@ -260,7 +256,6 @@ class Hub:
         self.position: str | None = None  # last stream id read; None: not yet resolved
         # A tuple per user: routing iterates it once per event, subscribing is rare.
         self._users: dict[int, tuple[Subscriber, ...]] = {}
-        self._subscribers = 0
         self._seen: dict[int, None] = {}  # insertion-ordered; trimmed in bulk
         self._tasks: set[asyncio.Future[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
@@ -274,7 +269,6 @@ class Hub:
         subscriber = Subscriber(self, ws, user_id, self.queue_size)
         ws.subscriber = subscriber
         self._users[user_id] = (*self._users.get(user_id, ()), subscriber)
-        self._subscribers += 1
         self.heartbeat.add(subscriber)
         return subscriber
 
@@ -284,7 +278,6 @@ class Hub:
         self.gc_policy.connection_closed()
         subscribers = self._users.get(subscriber.user_id, ())
         if subscriber in subscribers:
-            self._subscribers -= 1
             rest = tuple(s for s in subscribers if s is not subscriber)
             if rest:
                 self._users[subscriber.user_id] = rest
@@ -292,7 +285,7 @@ class Hub:
                 del self._users[subscriber.user_id]
 
     def subscriber_count(self) -> int:
-        return self._subscribers
+        return len(self.heartbeat)  # every subscriber is in it, from subscribe to unsubscribe
 
     def track(self, future: asyncio.Future[Any]) -> None:
         """Keep a background close alive until it finishes."""
@@ -383,7 +376,7 @@ class Hub:
                 continue
             frame = text_frame(payload)
             n = 0
-            for subscriber in subscribers:  # Subscriber.deliver, its common case inline
+            for subscriber in subscribers:  # Subscriber.deliver, its first check inline
                 if subscriber._live and event_id not in subscriber._skip:
                     n += subscriber.write_live(frame)
                 else:
