@@ -207,9 +207,6 @@ class Subscriber:
             log.warning("ws: user %s too slow, closing with %d", self.user_id, int(code))
         self._hub.track(asyncio.ensure_future(self._close(code)))
 
-    async def stop(self) -> None:
-        """Nothing runs per socket; kept so the handler's teardown reads the same."""
-
     def socket_closing(self) -> None:
         """aiohttp is about to write the close frame: no event frame may follow it."""
         self._live = False

@@ -90,7 +90,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             await _read_until_closed(ws, subscriber)
     finally:
         request.app[HUB].unsubscribe(subscriber)
-        await subscriber.stop()
         METRICS.gateway_connections.dec()
     return ws
 
