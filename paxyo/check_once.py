@@ -24,6 +24,7 @@ from paxyo.limits import is_provider_order_id
 from paxyo.observations import ApplyReport, apply_observations, refund_line
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
+from paxyo.shard_policy import SHARD_SIZE
 from paxyo.statuses import StatusClass
 from paxyo.store.schema import orders
 from providers.client import ProviderClient, ProviderUnavailable
@@ -31,7 +32,6 @@ from providers.replies import ProviderErrorReply
 
 log = logging.getLogger("paxyo.check")
 
-SHARD_SIZE = 100
 
 
 @dataclass

@@ -10,26 +10,18 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from dispatcher.planner import claim, defer, releaser
 from monitoring.metrics import METRICS
 from paxyo.clock import utcnow
+from paxyo.leases import claim, defer, releaser
 from paxyo.limits import is_provider_order_id
 from paxyo.observations import AppliedChange, apply_observations, refund_line
+from paxyo.shard_policy import running_lease_seconds
 from providers.client import ProviderUnavailable
 from providers.replies import EntryError, ProviderErrorReply, StatusEntry
 from workers.context import WorkerContext, current_context
 
 log = logging.getLogger("paxyo.workers")
 refund_log = logging.getLogger("paxyo.refunds")
-
-JOB_RETRIES = 2
-RETRY_INTERVALS = [5, 20]
-
-
-def job_timeout(attempts: int, request_timeout: float) -> int:
-    """Long enough for every tenacity attempt plus backoff and the apply step."""
-    return int(attempts * (request_timeout + 8) + 30)
-
 
 def check_shard(provider: str, order_ids: Sequence[int], token: str) -> dict[str, Any]:
     """Entry point RQ calls (by dotted path ``workers.jobs.check_shard``)."""
@@ -40,9 +32,7 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
               token: str) -> dict[str, Any]:
     """claim → (held back?) → ask the provider → apply → publish → release."""
     settings = ctx.settings
-    hold = settings.lease_seconds or (
-        job_timeout(settings.provider_attempts, settings.provider_timeout) + 30)
-    refs = claim(ctx.engine, token, order_ids, utcnow(), hold)
+    refs = claim(ctx.engine, token, order_ids, utcnow(), running_lease_seconds(settings))
     if not refs:
         return {"provider": provider, "checked": 0, "skipped": "lease lost or orders closed"}
     reason = _held_back(ctx, provider, token)
