@@ -33,10 +33,10 @@ from paxyo.limits import MAX_REMAINS, is_provider_order_id
 from paxyo.money import to_money
 from paxyo.refunds import refund_target, refund_top_up
 from paxyo.schedule import next_check_at
+from paxyo.status_entries import EntryError, StatusEntry
 from paxyo.statuses import Status, StatusClass, normalise_status
 from paxyo.store.engine import is_retryable, transactional
 from paxyo.store.schema import orders
-from providers.replies import EntryError, StatusEntry
 
 log = logging.getLogger("paxyo.orders")
 

@@ -13,9 +13,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from providers.client import ProviderConfig
-
 _PROVIDER_VAR = re.compile(r"^PAXYO_PROVIDER_([A-Z0-9_]+)_(URL|KEY)$")
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """Where and how to reach one provider; ``name`` is its lowercase id."""
+
+    name: str
+    url: str
+    key: str = field(repr=False)
 
 
 class SettingsError(Exception):

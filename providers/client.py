@@ -22,7 +22,6 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -35,16 +34,17 @@ from tenacity import (
     wait_random_exponential,
 )
 
+import providers.replies as replies
 from monitoring.metrics import METRICS, Metrics
-from providers import replies
-from providers.replies import EntryError, ProviderErrorReply, ReplyError, StatusEntry
+from paxyo.settings import ProviderConfig
+from paxyo.status_entries import EntryError, StatusEntry, StatusMap
+from providers.replies import ProviderErrorReply, ReplyError
 
 log = logging.getLogger("paxyo.providers")
 
 MAX_IDS_PER_REQUEST = 100  # the documented limit for "orders=" lists
 
 T = TypeVar("T")
-StatusMap = dict[str, StatusEntry | EntryError]
 
 
 class ProviderUnavailable(Exception):
@@ -56,15 +56,6 @@ class ProviderUnavailable(Exception):
     def __init__(self, message: str, *, partial: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.partial: dict[str, Any] = dict(partial or {})
-
-
-@dataclass(frozen=True)
-class ProviderConfig:
-    """Where and how to reach one provider; ``name`` is its lowercase id."""
-
-    name: str
-    url: str
-    key: str = field(repr=False)
 
 
 class _TransientFailure(Exception):

@@ -18,40 +18,20 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from paxyo.limits import MAX_REMAINS
+from paxyo.status_entries import EntryError, StatusEntry
+
+__all__ = ["EntryError", "ProviderErrorReply", "ReplyError", "StatusEntry", "decode",
+           "parse_add", "parse_balance", "parse_cancel", "parse_entry", "parse_multi_status",
+           "parse_remains", "parse_services", "parse_single_status"]
 
 SNIPPET_CHARS = 200
 _REMAINS = re.compile(r"-?[0-9]{1,20}(?:\.0*)?", re.ASCII)
-
-EntryErrorKind = Literal["entry_error", "bad_entry"]
-
-
-@dataclass(frozen=True, slots=True)
-class StatusEntry:
-    """One usable per-order status, as the provider reported it."""
-
-    status: str  # stripped, otherwise verbatim: "In progress", "cancelled", "Fail"
-    remains: int | None  # None when not an integer ("Unknown", "", null); never clamped here
-    charge: str | None  # provider's charge in the provider's currency; informational only
-    currency: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class EntryError:
-    """A per-order entry that carries no status.
-
-    ``kind`` is ``"entry_error"`` when the provider said so (``{"error": ...}`` or a plain
-    string) and ``"bad_entry"`` when the entry has an unusable shape.
-    """
-
-    reason: str
-    kind: EntryErrorKind = "entry_error"
 
 
 class ReplyError(Exception):

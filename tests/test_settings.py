@@ -67,6 +67,9 @@ def test_cli_stops_with_one_line_naming_the_variable(tmp_path):
         "paxyo: configuration error: PAXYO_POLL_INTERVAL: must be a number, not 'soon'"]
 
 
+HEAD = sorted(p.name[:4] for p in (ROOT / "paxyo/store/migrations/versions").glob("0*.py"))[-1]
+
+
 def test_db_upgrade_is_repeatable(tmp_path):
     url = f"sqlite:///{tmp_path / 'x.db'}"
     for _ in range(2):
@@ -75,4 +78,4 @@ def test_db_upgrade_is_repeatable(tmp_path):
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
                               timeout=60)
         assert proc.returncode == 0, proc.stderr
-        assert "database at revision 0001" in proc.stdout
+        assert f"database at revision {HEAD}" in proc.stdout

@@ -16,8 +16,9 @@ from paxyo.leases import claim, defer, releaser
 from paxyo.limits import is_provider_order_id
 from paxyo.observations import AppliedChange, apply_observations, refund_line
 from paxyo.shard_policy import running_lease_seconds
+from paxyo.status_entries import EntryError, StatusEntry
 from providers.client import ProviderUnavailable
-from providers.replies import EntryError, ProviderErrorReply, StatusEntry
+from providers.replies import ProviderErrorReply
 from workers.context import WorkerContext, current_context
 
 log = logging.getLogger("paxyo.workers")
