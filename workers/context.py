@@ -1,9 +1,8 @@
-"""Per-process resources of a worker, built once from the environment and reused by jobs."""
+"""Per-process resources of a worker, built once and reused by jobs."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -80,7 +79,19 @@ def build_context(settings: Settings) -> WorkerContext:
     )
 
 
-@functools.cache
+_current: WorkerContext | None = None
+
+
+def install_context(ctx: WorkerContext | None) -> None:
+    """Make ``ctx`` the context this process's jobs run with (``paxyo worker`` installs the
+    one built from the settings its command line parsed); ``None`` forgets it."""
+    global _current
+    _current = ctx
+
+
 def current_context() -> WorkerContext:
-    """The context of this worker process (settings read from the environment once)."""
-    return build_context(Settings.from_env())
+    """The installed context; one built from the environment when none was installed."""
+    global _current
+    if _current is None:
+        _current = build_context(Settings.from_env())
+    return _current
