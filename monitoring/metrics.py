@@ -13,6 +13,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitoring.batched_histogram import BatchedHistogram
+from paxyo.observations import ApplyReport
+from paxyo.statuses import normalise_status
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -78,6 +80,27 @@ class Metrics:
         self.delivery_latency = BatchedHistogram(  # observed once per batch of events
             "paxyo_gateway_delivery_latency_seconds",
             "Event creation to socket write", buckets=DELIVERY_BUCKETS, registry=registry)
+
+    def count_applied(self, provider: str, report: ApplyReport) -> None:
+        """Count a committed reply: orders checked, unusable entries, transitions, refunds."""
+        if report.checked:
+            self.orders_checked.labels(provider).inc(report.checked)
+        if report.unknown:
+            self.unknown_statuses.labels(provider).inc(report.unknown)
+        for reason, count in (("bad_remains", report.bad_remains),
+                              ("rejected", report.rejected)):
+            if count:
+                self.provider_bad_entries.labels(provider, reason).inc(count)
+        for change in report.changes:
+            if change.previous_status == change.status:
+                continue  # progress (remains) only: an event for the user, not a transition
+            self.status_transitions.labels(
+                normalise_status(change.previous_status).cls.value,
+                normalise_status(change.status).cls.value).inc()
+            if change.refund > 0:
+                kind = "canceled" if change.status == "Canceled" else "partial"
+                self.refunds.labels(kind).inc()
+                self.refund_amount.labels(kind).inc(float(change.refund))
 
 
 METRICS = Metrics(REGISTRY)

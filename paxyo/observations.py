@@ -25,7 +25,6 @@ from decimal import Decimal
 from sqlalchemy import Engine, and_, bindparam, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
-from monitoring.metrics import METRICS, Metrics
 from paxyo.clock import utcnow
 from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_event
 from paxyo.ledger import EntryKind, LedgerEntry, lock_balance, post_entry
@@ -97,37 +96,26 @@ class _Touch:
     review_status: str | None
 
 
-def apply_observations(
-    engine: Engine,
-    provider: str,
-    order_ids: Iterable[int],
-    replies: Mapping[str, StatusEntry | EntryError],
-    *,
-    observed_at: datetime,
-    decimals: int,
-    poll_interval: float,
-    metrics: Metrics = METRICS,
-    release: Callable[[Connection], object] | None = None,
-) -> ApplyReport:
-    """Apply one provider reply (keyed by provider order id) to the given panel orders.
+@dataclass
+class Decisions:
+    """What a reply means for each order, decided before any write."""
 
-    ``release``, if given, runs last in the same transaction (a worker frees its shard's
-    leases there, saving a write transaction per shard).
-    """
-    report = ApplyReport()
-    ids = list(order_ids)
-    if not ids:
-        return report
-    with engine.connect() as conn:
-        rows = conn.execute(select(orders).where(orders.c.id.in_(ids))).all()
-    touches: list[_Touch] = []
-    pending: list[tuple[Row, Status, int | None]] = []
+    report: ApplyReport
+    pending: list[tuple[Row, Status, int | None]] = field(default_factory=list)
+    touches: list[_Touch] = field(default_factory=list)
+
+
+def decide(rows: Iterable[Row], replies: Mapping[str, StatusEntry | EntryError],
+           observed_at: datetime) -> Decisions:
+    """Sort each order by what its entry says: a change to apply, a check to record (no
+    answer, an unknown word, unusable remains, nothing new), or stale. Pure: no I/O."""
+    decisions = Decisions(ApplyReport())
+    report, touches = decisions.report, decisions.touches
     for row in rows:
         if row.status_class != OPEN or (row.observed_at and row.observed_at > observed_at):
             report.stale += 1
             continue
         report.checked += 1
-        metrics.orders_checked.labels(provider).inc()
         if not is_provider_order_id(row.provider_order_id):
             report.no_answer += 1
             touches.append(_Touch(row.id, INVALID_ID))
@@ -140,7 +128,6 @@ def apply_observations(
         status = normalise_status(entry.status)
         if status.cls is StatusClass.UNKNOWN:
             report.unknown += 1
-            metrics.unknown_statuses.labels(provider).inc()
             log.warning("order %s: unknown provider status %r kept open for review",
                         row.id, entry.status)
             touches.append(_Touch(row.id, status.name))
@@ -148,7 +135,6 @@ def apply_observations(
         usable = _usable_remains(entry.remains)
         if status.cls is StatusClass.PARTIAL and usable is None:
             report.bad_remains += 1
-            metrics.provider_bad_entries.labels(provider, "bad_remains").inc()
             log.warning("order %s: Partial without usable remains (%r); no refund, "
                         "checked again", row.id, entry.remains)
             touches.append(_Touch(row.id, row.review_status))
@@ -158,18 +144,45 @@ def apply_observations(
             report.unchanged += 1
             touches.append(_Touch(row.id, None))
             continue
-        pending.append((row, status, remains))
-    if not pending and not touches and release is None:
+        decisions.pending.append((row, status, remains))
+    decisions.pending.sort(key=lambda item: (item[0].user_id, item[0].id))
+    return decisions
+
+
+def apply_observations(
+    engine: Engine,
+    provider: str,
+    order_ids: Iterable[int],
+    replies: Mapping[str, StatusEntry | EntryError],
+    *,
+    observed_at: datetime,
+    decimals: int,
+    poll_interval: float,
+    release: Callable[[Connection], object] | None = None,
+) -> ApplyReport:
+    """Apply one provider reply (keyed by provider order id) to the given panel orders.
+
+    ``release``, if given, runs last in the same transaction (a worker frees its shard's
+    leases there, saving a write transaction per shard). The caller counts the returned
+    report in its metrics once it is committed.
+    """
+    ids = list(order_ids)
+    if not ids:
+        return ApplyReport()
+    with engine.connect() as conn:
+        rows = conn.execute(select(orders).where(orders.c.id.in_(ids))).all()
+    decisions = decide(rows, replies, observed_at)
+    report = decisions.report
+    if not decisions.pending and not decisions.touches and release is None:
         return report
-    pending.sort(key=lambda item: (item[0].user_id, item[0].id))
 
     def run(conn: Connection) -> list[AppliedChange | _Rejected | None]:
         applied = [_apply_alone(conn, row, status, remains, observed_at, decimals,
-                                poll_interval) for row, status, remains in pending]
+                                poll_interval) for row, status, remains in decisions.pending]
         refused = [_Touch(r.order_id, r.review_status) for r in applied
                    if isinstance(r, _Rejected)]
-        if touches or refused:
-            _reschedule(conn, touches + refused, rows, observed_at, poll_interval)
+        if decisions.touches or refused:
+            _reschedule(conn, decisions.touches + refused, rows, observed_at, poll_interval)
         if release is not None:
             release(conn)
         return applied
@@ -179,10 +192,8 @@ def apply_observations(
             report.stale += 1  # a concurrent applier got there first
         elif isinstance(change, _Rejected):
             report.rejected += 1
-            metrics.provider_bad_entries.labels(provider, "rejected").inc()
         else:
             report.changes.append(change)
-            _count_change(metrics, change)
     return report
 
 
@@ -272,18 +283,6 @@ def _reschedule(conn: Connection, touches: list[_Touch], rows: list[Row],
             .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
                     review_status=bindparam("review")))
     conn.execute(stmt, params)
-
-
-def _count_change(metrics: Metrics, change: AppliedChange) -> None:
-    if change.previous_status == change.status:
-        return  # progress (remains) only: an event for the user, not a status transition
-    metrics.status_transitions.labels(
-        normalise_status(change.previous_status).cls.value,
-        normalise_status(change.status).cls.value).inc()
-    if change.refund > 0:
-        kind = "canceled" if change.status == "Canceled" else "partial"
-        metrics.refunds.labels(kind).inc()
-        metrics.refund_amount.labels(kind).inc(float(change.refund))
 
 
 def refund_line(change: AppliedChange) -> str:

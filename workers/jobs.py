@@ -46,6 +46,7 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
         ctx.engine, provider, list(refs), replies, observed_at=observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval,
         release=releaser(token))
+    METRICS.count_applied(provider, report)
     _log_changes(report.changes)
     _publish(ctx, [c.event.outbox_id for c in report.changes])
     return {"provider": provider, "checked": report.checked, "changed": len(report.changes),
