@@ -55,7 +55,8 @@ class Dispatcher:
         self.queue = Queue(settings.queue_name, connection=client)
         self.lock = LeaderLock(client, self.keys.dispatcher_lock, self.keys.dispatcher_fence)
         self.relay = OutboxRelay(engine, client, RelayConfig(
-            self.keys, settings.history_size, settings.history_ttl))
+            self.keys, settings.history_size, settings.history_ttl),
+            on_published=metrics.events_published.inc)
         self._last_sweep = 0.0
         self.enqueued = 0
 

@@ -11,7 +11,7 @@ after Redis accepted them; the sweeper picks up whatever a crash left behind.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,7 +19,6 @@ import redis
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import Row
 
-from monitoring.metrics import METRICS, Metrics
 from paxyo.clock import epoch_ms, utcnow
 from paxyo.events import event_bytes
 from paxyo.keys import Keys
@@ -87,11 +86,12 @@ class OutboxRelay:
     """Publishes outbox rows to Redis and marks them published."""
 
     def __init__(self, engine: Engine, redis_client: redis.Redis, config: RelayConfig,
-                 metrics: Metrics = METRICS) -> None:
+                 on_published: Callable[[int], object] | None = None) -> None:
+        """``on_published(n)`` is told how many events each publish added (for metrics)."""
         self.engine = engine
         self.redis = redis_client
         self.config = config
-        self.metrics = metrics
+        self.on_published = on_published
         self._script = redis_client.register_script(_PUBLISH)
 
     def publish_ids(self, outbox_ids: Sequence[int]) -> int:
@@ -171,7 +171,8 @@ class OutboxRelay:
         transactional(self.engine, lambda conn: conn.execute(
             update(outbox).where(outbox.c.id.in_(ids), outbox.c.published_at.is_(None))
             .values(published_at=now)))
-        self.metrics.events_published.inc(added)
+        if self.on_published is not None and added:
+            self.on_published(added)
         if added < len(rows):
             log.info("relay: %d of %d events were already in Redis (repeat publish)",
                      len(rows) - added, len(rows))

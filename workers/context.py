@@ -11,6 +11,7 @@ import aiohttp
 import redis
 from sqlalchemy import Engine
 
+from monitoring.metrics import METRICS
 from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
@@ -73,7 +74,8 @@ def build_context(settings: Settings) -> WorkerContext:
         engine=engine,
         redis=client,
         relay=OutboxRelay(engine, client, RelayConfig(keys, settings.history_size,
-                                                      settings.history_ttl)),
+                                                      settings.history_ttl),
+                          on_published=METRICS.events_published.inc),
         limiter=RateLimiter(client, keys, settings.provider_rate_limit_per_min),
         breaker=CircuitBreaker(client, keys),
     )

@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine
 
+from monitoring.metrics import METRICS
 from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
@@ -82,7 +83,8 @@ async def _resources(app: web.Application, *, engine: Engine | None) -> AsyncIte
         settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
         socket_timeout=REDIS_SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 1))
     app[RELAY] = OutboxRelay(app[ENGINE], sync_redis, RelayConfig(
-        Keys(settings.redis_prefix), settings.history_size, settings.history_ttl))
+        Keys(settings.redis_prefix), settings.history_size, settings.history_ttl),
+        on_published=METRICS.events_published.inc)
     try:
         yield
     finally:
