@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,15 +15,24 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {k: getattr(args, k, None) for k in ("database_url", "redis_url", "port",
-                                                      "poll_interval", "metrics_port")}
-    return Settings.from_env(**overrides)
+    # --database-url and --redis-url stand in for the variables, checked and normalised as
+    # they are (a postgres:// URL gets its driver)
+    env = dict(os.environ)
+    for option, var in (("database_url", "DATABASE_URL"), ("redis_url", "REDIS_URL")):
+        if getattr(args, option, None) is not None:
+            env[var] = getattr(args, option)
+    overrides = {k: getattr(args, k, None) for k in ("port", "poll_interval", "metrics_port")}
+    return Settings.from_env(env, **overrides)
 
 
 def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
-    from paxyo.store.migrate import current_revision, upgrade
+    from paxyo.store.migrate import MigrationError, current_revision, upgrade
 
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except MigrationError as exc:
+        print(f"paxyo db upgrade: {exc}", file=sys.stderr)
+        return 1
     print(f"database at revision {current_revision(settings.database_url)}")
     return 0
 
@@ -30,10 +40,14 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_check_once(args: argparse.Namespace, settings: Settings) -> int:
     from paxyo.check_once import run_cycle
     from paxyo.store.engine import open_engine
-    from paxyo.store.migrate import upgrade
+    from paxyo.store.migrate import MigrationError, upgrade
 
     settings.require_providers()
-    upgrade(settings.database_url)
+    try:
+        upgrade(settings.database_url)
+    except MigrationError as exc:
+        print(f"paxyo check-once: {exc}", file=sys.stderr)
+        return 1
     engine = open_engine(settings.database_url)
     try:
         summary = asyncio.run(run_cycle(settings, engine, emit=_print_flush))
@@ -118,15 +132,26 @@ def cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
 
     from paxyo import ops
 
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    if args.failed_command == "list":
-        print(ops.format_failed(ops.list_failed(client, settings.queue_name)))
-        return 0
-    if not args.all and not args.job_ids:
-        print("paxyo failed requeue: give JOB_ID... or --all", file=sys.stderr)
+    command = f"paxyo failed {args.failed_command}"
+    if args.failed_command == "requeue" and not args.all and not args.job_ids:
+        print(f"{command}: give JOB_ID... or --all", file=sys.stderr)
         return 2
-    requeued = ops.requeue_failed(client, settings.queue_name,
-                                  None if args.all else args.job_ids)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    try:
+        if args.failed_command == "list":
+            print(ops.format_failed(ops.list_failed(client, settings.queue_name)))
+            return 0
+        requeued = ops.requeue_failed(client, settings.queue_name,
+                                      None if args.all else args.job_ids)
+    except ops.NotFailedJobs as exc:
+        print(f"{command}: not a failed job of queue {settings.queue_name}: {exc}; "
+              "nothing requeued (see `paxyo failed list`)", file=sys.stderr)
+        return 1
+    except redis.RedisError as exc:
+        print(f"{command}: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
     print(f"requeued {len(requeued)} job(s)")
     return 0
 

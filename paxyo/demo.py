@@ -26,7 +26,7 @@ from paxyo.orders import NewOrder, place_order
 from paxyo.private_redis import PrivateRedis, answers
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
-from paxyo.store.migrate import upgrade
+from paxyo.store.migrate import MigrationError, upgrade
 from providers.client import ProviderClient, ProviderConfig
 
 log = logging.getLogger("paxyo.demo")
@@ -140,40 +140,41 @@ def reset_demo_redis(redis_url: str) -> None:
 
 
 def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.0.1") -> int:
+    """Run until Ctrl-C or SIGTERM (exit 0, whenever it comes) or until a child exits (1)."""
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: children first
-    env_has_db = "DATABASE_URL" in os.environ
-    database_url = base.database_url if env_has_db else \
-        f"sqlite:///{Path.cwd() / 'paxyo-demo.db'}"
-    if not env_has_db:
-        for suffix in ("", "-wal", "-shm"):
-            Path.cwd().joinpath(f"paxyo-demo.db{suffix}").unlink(missing_ok=True)
     private_redis: PrivateRedis | None = None
-    redis_url = base.redis_url
-    if not answers(redis_url):
-        private_redis = PrivateRedis(_free_port())
-        redis_url = private_redis.start()
-        print(f"No Redis answered at {base.redis_url}: started a private one at {redis_url}")
-    reset_demo_redis(redis_url)
-    sim_port = _free_port()
-    provider_url = f"http://127.0.0.1:{sim_port}/api/v2"
-    poll = base.poll_interval if "PAXYO_POLL_INTERVAL" in os.environ else DEMO_POLL_INTERVAL
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "PORT": str(port),
-        "PAXYO_DEMO": "1",
-        "PAXYO_REDIS_PREFIX": REDIS_PREFIX,
-        "PAXYO_QUEUE": REDIS_PREFIX,
-        "PAXYO_POLL_INTERVAL": str(poll),
-        f"PAXYO_PROVIDER_{PROVIDER.upper()}_URL": provider_url,
-        f"PAXYO_PROVIDER_{PROVIDER.upper()}_KEY": PROVIDER_KEY,
-        "PAXYO_JWT_SECRET": base.jwt_secret or secrets.token_urlsafe(32),
-        "PAXYO_ADMIN_TOKEN": base.admin_token or secrets.token_urlsafe(24),
-    }
-    settings = Settings.from_env(env)
     children = Children()
     try:
+        env_has_db = "DATABASE_URL" in os.environ
+        database_url = base.database_url if env_has_db else \
+            f"sqlite:///{Path.cwd() / 'paxyo-demo.db'}"
+        if not env_has_db:
+            for suffix in ("", "-wal", "-shm"):
+                Path.cwd().joinpath(f"paxyo-demo.db{suffix}").unlink(missing_ok=True)
+        redis_url = base.redis_url
+        if not answers(redis_url):
+            private_redis = PrivateRedis(_free_port())
+            redis_url = private_redis.start()
+            print(f"No Redis answered at {base.redis_url}: started a private one at {redis_url}")
+        reset_demo_redis(redis_url)
+        sim_port = _free_port()
+        provider_url = f"http://127.0.0.1:{sim_port}/api/v2"
+        poll = base.poll_interval if "PAXYO_POLL_INTERVAL" in os.environ else DEMO_POLL_INTERVAL
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "PORT": str(port),
+            "PAXYO_DEMO": "1",
+            "PAXYO_REDIS_PREFIX": REDIS_PREFIX,
+            "PAXYO_QUEUE": REDIS_PREFIX,
+            "PAXYO_POLL_INTERVAL": str(poll),
+            f"PAXYO_PROVIDER_{PROVIDER.upper()}_URL": provider_url,
+            f"PAXYO_PROVIDER_{PROVIDER.upper()}_KEY": PROVIDER_KEY,
+            "PAXYO_JWT_SECRET": base.jwt_secret or secrets.token_urlsafe(32),
+            "PAXYO_ADMIN_TOKEN": base.admin_token or secrets.token_urlsafe(24),
+        }
+        settings = Settings.from_env(env)
         children.start("simulator", ["simulator", "--port", str(sim_port),
                                      "--key", PROVIDER_KEY, "--seed", "1"], env)
         _wait_http(f"http://127.0.0.1:{sim_port}/sim/stats")
@@ -190,13 +191,17 @@ def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.
         print(f"paxyo demo: {gone[0]} exited with code {gone[1]}; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nStopping the demo...")
+        print("\nStopping the demo...", flush=True)
         return 0
+    except MigrationError as exc:
+        print(f"paxyo demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         children.stop()
         if private_redis is not None:
-            private_redis.stop()
+            private_redis.stop()  # last: the children use it until they are gone
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -161,11 +161,25 @@ def list_failed(client: redis.Redis, queue_name: str) -> list[FailedJob]:
                       _last_line(job.exc_info)) for job in jobs if job is not None]
 
 
+class NotFailedJobs(LookupError):
+    """Job ids that are not in the queue's failed registry (nothing was requeued)."""
+
+    def __init__(self, job_ids: list[str]) -> None:
+        super().__init__(", ".join(job_ids))
+        self.job_ids = job_ids
+
+
 def requeue_failed(client: redis.Redis, queue_name: str, job_ids: list[str] | None) -> list[str]:
-    """Put failed jobs back on the queue (all of them when ``job_ids`` is None)."""
+    """Put failed jobs back on the queue (all of them when ``job_ids`` is None); when any of
+    ``job_ids`` is not a failed job, requeue none and raise :class:`NotFailedJobs`."""
     registry = failed_registry(client, queue_name)
+    failed = registry.get_job_ids()
+    if job_ids is not None:
+        unknown = [job_id for job_id in job_ids if job_id not in set(failed)]
+        if unknown:
+            raise NotFailedJobs(unknown)
     requeued = []
-    for job_id in registry.get_job_ids() if job_ids is None else job_ids:
+    for job_id in failed if job_ids is None else job_ids:
         registry.requeue(job_id)
         requeued.append(job_id)
     return requeued

@@ -66,7 +66,10 @@ class PrivateRedis:
             [self.binary or redis_server_binary(), "--port", str(self.port),
              "--bind", "127.0.0.1", "--save", "", *self._persistence(), "--dir", self.dir,
              "--logfile", str(Path(self.dir) / "redis.log"), *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            # Own session: a terminal's Ctrl-C (sent to the whole foreground process group)
+            # must not stop Redis before the processes that use it; its owner stops it last.
+            start_new_session=True)
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

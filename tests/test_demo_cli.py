@@ -64,3 +64,39 @@ def test_demo_without_redis_starts_a_private_one_and_stops_cleanly(tmp_path):
             demo.kill()
         for pid in children_in(tmp_path):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_ctrl_c_to_the_process_group_stops_the_demo_without_a_traceback(tmp_path):
+    """A terminal's Ctrl-C reaches the whole foreground process group: the private Redis must
+    not die before the workers, dispatcher and gateway have stopped."""
+    port, closed = free_port(), free_port()
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
+    env.pop("DATABASE_URL", None)
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        demo = subprocess.Popen([sys.executable, "-m", "paxyo.cli", "demo", "--port", str(port),
+                                 "--workers", "2"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "demo is running" not in log.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert "started a private one" in log.read_text()
+        assert len(children_in(tmp_path)) >= 7  # demo, Redis, simulator, dispatcher, 2 workers, web
+        os.killpg(demo.pid, signal.SIGINT)
+        assert demo.wait(30) == 0, log.read_text()[-4000:]
+        deadline = time.monotonic() + 5
+        while children_in(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert children_in(tmp_path) == []
+        text = log.read_text()
+        assert "Traceback" not in text, text[-6000:]
+        for sign in ("Redis unavailable", "without Redis", "Connection refused"):
+            assert sign not in text, text[-6000:]  # Redis outlived every process using it
+        assert "Stopping the demo" in text
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+        for pid in children_in(tmp_path):
+            os.kill(pid, signal.SIGKILL)
