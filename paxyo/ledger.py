@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from paxyo.limits import MONEY_LIMIT
 from paxyo.money import ZERO
 from paxyo.store.schema import accounts, ledger_entries
 
@@ -30,6 +31,16 @@ class InsufficientBalance(Exception):
         super().__init__(f"insufficient balance: {balance} available, {needed} needed")
         self.balance = balance
         self.needed = needed
+
+
+class BalanceLimitExceeded(Exception):
+    """An entry whose amount, or the balance it would leave, is not below MONEY_LIMIT."""
+
+    def __init__(self, balance: Decimal, amount: Decimal) -> None:
+        super().__init__(f"the balance must stay below {MONEY_LIMIT}: {balance} and "
+                         f"{amount} would not")
+        self.balance = balance
+        self.amount = amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +98,18 @@ def post_entry(conn: Connection, *, balance: Decimal, entry: LedgerEntry, now: d
     """Write ``entry`` and move the (already locked) balance by its amount; returns the new one.
 
     A duplicate idempotency key violates the unique index and aborts the transaction: the
-    last line of defence against a double credit.
+    last line of defence against a double credit. A deposit or charge whose amount is not below
+    MONEY_LIMIT, or that would move the balance out to MONEY_LIMIT or beyond, raises
+    :class:`BalanceLimitExceeded` before anything is written. A refund is exempt: it returns
+    money this account was charged, and refusing it would leave its order unsettled for ever.
     """
     new_balance = balance + entry.amount
     if new_balance < 0 and not allow_negative:
         raise InsufficientBalance(balance, -entry.amount)
+    if entry.kind != EntryKind.REFUND and (
+            abs(entry.amount) >= MONEY_LIMIT
+            or (abs(new_balance) >= MONEY_LIMIT and abs(new_balance) > abs(balance))):
+        raise BalanceLimitExceeded(balance, entry.amount)
     conn.execute(_INSERT_ENTRY, {
         "user_id": entry.user_id, "kind": entry.kind, "amount": entry.amount,
         "idempotency_key": entry.idempotency_key, "order_id": entry.order_id,

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+import re
+from decimal import ROUND_DOWN, Decimal
+
+from paxyo.limits import MONEY_LIMIT
 
 ZERO = Decimal(0)
+
+# ASCII digits with at most one dot between digits: no sign, exponent, underscore, space or
+# other script's digits, all of which Decimal() would accept. 40 characters is far more than
+# any amount below MONEY_LIMIT needs and keeps Decimal's work bounded.
+_AMOUNT = re.compile(r"[0-9]{1,40}(?:\.[0-9]{1,40})?", re.ASCII)
 
 
 class MoneyError(ValueError):
@@ -17,21 +25,31 @@ def quantum(decimals: int) -> Decimal:
 
 
 def parse_money(value: object, decimals: int, *, allow_zero: bool = False) -> Decimal:
-    """Parse a client-supplied amount: a decimal string or an int, never a float.
+    """Parse a client-supplied amount: an ASCII decimal string or an int, never a float.
 
-    Rejects more decimals than the money precision instead of silently rounding.
+    Refuses more decimals than the money precision instead of silently rounding, and any
+    amount at or above :data:`paxyo.limits.MONEY_LIMIT`.
     """
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise MoneyError("amount must be a decimal string such as \"25.00\"")
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise MoneyError(f"amount {value!r} is not a decimal number") from None
-    if not amount.is_finite() or amount.adjusted() > 15:
-        raise MoneyError(f"amount {value!r} is not a finite number below 10^15")
+    if isinstance(value, int):
+        if value < 0 or (value == 0 and not allow_zero):
+            raise MoneyError(f"amount {value!r} must be positive")
+        if value >= MONEY_LIMIT:
+            raise MoneyError(f"amount {value!r} is too large: it must be below {MONEY_LIMIT}")
+        return Decimal(value).quantize(quantum(decimals))
+    if value[:1] in ("-", "+"):
+        raise MoneyError(f"amount {value[:50]!r} must be positive, written without a sign")
+    if _AMOUNT.fullmatch(value) is None:
+        shown = value if len(value) <= 50 else value[:50] + "..."
+        raise MoneyError(f"amount {shown!r} is not a finite decimal number: ASCII digits and at "
+                         "most one dot, such as \"25.00\"")
+    amount = Decimal(value)
+    if amount >= MONEY_LIMIT:
+        raise MoneyError(f"amount {value!r} is too large: it must be below {MONEY_LIMIT}")
     if amount != amount.quantize(quantum(decimals), rounding=ROUND_DOWN):
         raise MoneyError(f"amount {value!r} has more than {decimals} decimals")
-    if amount < 0 or (amount == 0 and not allow_zero):
+    if amount == 0 and not allow_zero:
         raise MoneyError(f"amount {value!r} must be positive")
     return amount.quantize(quantum(decimals))
 

@@ -94,3 +94,34 @@ def test_admin_check_without_a_token_is_open_only_in_demo() -> None:
     assert admin_authorized(None, None, demo=True)
     assert not admin_authorized("Bearer x", None, demo=False)
     assert not admin_authorized(None, "set", demo=True)
+
+
+@pytest.mark.parametrize("header", [
+    "Bearer \udce9", "Bearer \xe9", "Bearer admin-token\udcff", "\udce9", "Bearer \x00",
+    "Bearer admin-token\x00",
+])
+def test_admin_check_refuses_non_ascii_and_nul_headers(header: str) -> None:
+    """aiohttp hands a header's non-UTF-8 bytes over as lone surrogates; that is no token."""
+    assert admin_authorized(header, "admin-token") is False
+
+
+@pytest.mark.parametrize("token", [
+    "\udce9", "\xe9", "a.b.c\udce9", "a\x00.b.c", "\u0661.\u0662.\u0663", "a.b.c\n",
+    " a.b.c", "x" * 5000, "a.b", "a.b.c.d",
+])
+def test_odd_tokens_are_a_token_error(token: str) -> None:
+    with pytest.raises(TokenError):
+        verify_token(SECRET, token)
+
+
+def test_a_valid_token_with_odd_characters_appended_is_refused() -> None:
+    token = mint_token(SECRET, 111)
+    for suffix in ("\udce9", "\x00", "\n", " "):
+        with pytest.raises(TokenError):
+            verify_token(SECRET, token + suffix)
+
+
+@pytest.mark.parametrize("sub", ["111\n", "\u0661\u0661\u0661", "\uff11", "111 "])
+def test_sub_must_be_ascii_digits_only(sub: str) -> None:
+    with pytest.raises(TokenError, match="sub"):
+        verify_token(SECRET, _encode({"sub": sub, "exp": int(time.time()) + 60}))

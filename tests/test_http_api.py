@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -272,3 +274,217 @@ def test_integer_beyond_64_bits_is_a_400(api: Api) -> None:
     raw = orjson.dumps(ORDER).replace(b'"id":123', b'"id":123456789012345678901234567890')
     status, body = api.call("POST", "/v1/orders", raw)
     assert status == 400 and "id" in body["error"]
+
+
+# -- bad input: always a 400 naming the field, never a 500 or a traceback -------------------------
+
+@pytest.fixture
+def any_api(any_database_url: str, redis_url: str, redis_prefix: str) -> Iterator[Api]:
+    """The API on each database: some bad input only broke on one of them."""
+    yield from _serve(_settings(any_database_url, redis_url, redis_prefix))
+
+
+@pytest.fixture
+def no_tracebacks(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fails the test when the gateway logged an error (bad input must never log a traceback)."""
+    caplog.set_level(logging.WARNING)
+    yield
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+def _assert_refused(reply: tuple[int, Any], field: str) -> None:
+    status, body = reply
+    assert status == 400, (field, reply)
+    assert isinstance(body, dict) and list(body) == ["error"], (field, body)
+    assert field in body["error"], (field, body)
+
+
+@pytest.mark.parametrize("authorization", [
+    "Bearer \xe9", "\xe9", "Bearer caf\xe9", f"Bearer {TOKEN}\xe9", "Bearer \xff\xfe",
+])
+def test_non_ascii_authorization_is_a_401(api: Api, authorization: str,
+                                          no_tracebacks: None) -> None:
+    for method, path, body in [("GET", "/v1/accounts/111", None),
+                               ("POST", "/v1/orders", ORDER)]:
+        status, reply = api.call(method, path, body, {"Authorization": authorization})
+        assert status == 401 and "token" in reply["error"], reply
+
+
+_NUL_FIELDS = [
+    ("reference", {"reference": "pay\x00981"}),
+    ("reference", {"reference": "\x00"}),
+    ("reference", {"reference": "pay\n981"}),
+    ("reference", {"reference": "pay\ud800"}),
+]
+
+
+def test_control_characters_in_a_reference_are_refused(any_api: Api,
+                                                       no_tracebacks: None) -> None:
+    for field, change in _NUL_FIELDS:
+        raw = orjson.dumps({"amount": "1.00", "reference": "r"}).replace(
+            b'"r"', _json_string(change["reference"]))
+        _assert_refused(any_api.call("POST", "/v1/accounts/111/deposits", raw), field)
+    assert any_api.call("GET", "/v1/accounts/111")[0] == 404
+
+
+def _json_string(value: str) -> bytes:
+    """A JSON string literal, lone surrogates escaped as \\uXXXX (orjson refuses to write them)."""
+    import json
+
+    return json.dumps(value).encode()
+
+
+_BAD_ORDER_FIELDS = [
+    ({"provider_order_id": "235\x0001"}, "provider_order_id"),
+    ({"provider_order_id": "1,2"}, "provider_order_id"),
+    ({"provider_order_id": "1, 2"}, "provider_order_id"),
+    ({"provider_order_id": "1 2"}, "provider_order_id"),
+    ({"provider_order_id": " 12"}, "provider_order_id"),
+    ({"provider_order_id": "12\n"}, "provider_order_id"),
+    ({"provider_order_id": "ab-c"}, "provider_order_id"),
+    ({"provider_order_id": "\u0661\u0662"}, "provider_order_id"),   # Arabic-Indic digits
+    ({"provider_order_id": "\uff11\uff12"}, "provider_order_id"),   # fullwidth digits
+    ({"provider_order_id": "x" * 65}, "provider_order_id"),
+    ({"provider_order_id": 0}, "provider_order_id"),
+    ({"provider_order_id": -5}, "provider_order_id"),
+    ({"provider_order_id": True}, "provider_order_id"),
+    ({"provider_order_id": 10**70}, "provider_order_id"),
+    ({"service": "1\x00"}, "service"), ({"service": "a\tb"}, "service"),
+    ({"service": True}, "service"), ({"service": -1}, "service"),
+    ({"link": "https://x\x00"}, "link"), ({"link": "https://x\r\nSet-Cookie: a"}, "link"),
+    ({"link": "x" * 4097}, "link"), ({"link": ""}, "link"),
+    ({"provider": "godofpanel\x00"}, "provider"), ({"provider": "other"}, "provider"),
+    ({"provider": "GODOFPANEL "}, "provider"),
+    ({"quantity": 10**9 + 1}, "quantity"), ({"quantity": 2**63}, "quantity"),
+    ({"quantity": True}, "quantity"), ({"quantity": -1}, "quantity"),
+    ({"user_id": 2**63}, "user_id"), ({"user_id": 0}, "user_id"),
+    ({"charge": "\u0663"}, "charge"), ({"charge": "1E1"}, "charge"),
+    ({"charge": "10000000000"}, "charge"), ({"charge": 10**10}, "charge"),
+]
+
+
+def test_bad_order_fields_are_refused_on_every_database(any_api: Api,
+                                                        no_tracebacks: None) -> None:
+    import json
+
+    any_api.deposit(111, "25.00")
+    for change, field in _BAD_ORDER_FIELDS:
+        raw = json.dumps({**ORDER, **change}).encode()  # orjson cannot write 10**70
+        _assert_refused(any_api.call("POST", "/v1/orders", raw), field)
+    assert any_api.balance(111) == "25.00"
+    assert any_api.call("GET", "/v1/orders/123")[0] == 404
+
+
+def test_order_at_the_documented_maxima_is_accepted(any_api: Api, no_tracebacks: None) -> None:
+    any_api.deposit(111, "9999999999.99")
+    status, order = any_api.call("POST", "/v1/orders", {
+        **ORDER, "provider_order_id": "Ab9" + "z" * 61, "quantity": 10**9,
+        "charge": "9999999999.99", "service": "s" * 64, "link": "l" * 4096})
+    assert status == 201, order
+    assert order["provider_order_id"] == "Ab9" + "z" * 61 and order["quantity"] == 10**9
+    assert any_api.balance(111) == "0.00"
+
+
+@pytest.mark.parametrize("amount", [
+    "\u0663", "\uff15", "\u0661\u0660\u0660.\u0660\u0660", "1_000", "1E2", "1e2", "+5", " 5",
+    "5 ", "5\n", "5.", ".5", "0x10", "Infinity", "-Infinity", "sNaN", "1,00", "1.0.0", "",
+    "10000000000", "10000000000.00", "99999999999", 10**10, 10**18, -1, "-0.01",
+])
+def test_amounts_must_be_ascii_decimals_below_the_limit(api: Api, amount: Any,
+                                                        no_tracebacks: None) -> None:
+    _assert_refused(api.deposit(111, amount), "amount")
+    assert api.call("GET", "/v1/accounts/111")[0] == 404
+
+
+def test_plain_amounts_are_still_accepted(api: Api) -> None:
+    assert api.deposit(111, "0.01", reference="a") == (201, {"user_id": 111, "balance": "0.01"})
+    assert api.deposit(111, "007", reference="b")[0] == 201
+    assert api.deposit(111, 3, reference="c") == (201, {"user_id": 111, "balance": "10.01"})
+    assert api.deposit(111, "9999999989.98", reference="d")[1]["balance"] == "9999999999.99"
+
+
+def test_a_balance_never_reaches_the_money_limit(any_api: Api, no_tracebacks: None) -> None:
+    assert any_api.deposit(111, "9999999999.99", reference="a")[0] == 201
+    _assert_refused(any_api.deposit(111, "0.01", reference="b"), "amount")
+    assert any_api.balance(111) == "9999999999.99"
+    assert any_api.deposit(111, "9999999999.99", reference="a")[0] == 200  # the repeat still is
+
+
+def test_repeated_large_deposits_never_overflow_the_column(any_api: Api,
+                                                           no_tracebacks: None) -> None:
+    statuses = [any_api.deposit(111, "999999999999999", reference=f"r{n}")[0] for n in range(12)]
+    statuses += [any_api.deposit(111, "9999999999", reference=f"s{n}")[0] for n in range(3)]
+    assert set(statuses) <= {201, 400}, statuses
+    assert Decimal(any_api.balance(111)) < Decimal(10) ** 10
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"amount": NaN, "reference": "r"}', "amount"),
+    (b'{"amount": Infinity, "reference": "r"}', "amount"),
+    (b'{"amount": -Infinity, "reference": "r"}', "amount"),
+    (b'{"amount": 1e400, "reference": "r"}', "amount"),
+    (b'{"amount": 100000000000000000000000000000, "reference": "r"}', "amount"),
+    (b'{"amount": "1.00", "reference": true}', "reference"),
+    (b'{"amount": "1.00", "reference": NaN}', "reference"),
+    (b'{"amount": "1.00", "reference": "\\ud800"}', "reference"),
+    (b'{"amount": "1.00", "reference": "\\u0000"}', "reference"),
+    (b'{"amount": "1.00", "reference": "r\xff"}', "body"),
+    (b'[' * 100000, "body"),
+    (b'{"amount": "1.00", "reference": "r"} trailing', "body"),
+])
+def test_odd_json_is_a_400_naming_the_field(api: Api, raw: bytes, field: str,
+                                            no_tracebacks: None) -> None:
+    _assert_refused(api.call("POST", "/v1/accounts/111/deposits", raw), field)
+
+
+_BAD_PATHS = [
+    "/v1/accounts/-1", "/v1/accounts/0", "/v1/accounts/%00", "/v1/accounts/1%00",
+    "/v1/accounts/%D9%A3", "/v1/accounts/9223372036854775808", "/v1/accounts/+1",
+    "/v1/accounts/%201", "/v1/orders/0", "/v1/orders/-1", "/v1/orders/%EF%BC%95",
+    "/v1/orders/1e3", "/v1/orders/0x10", "/v1/orders/99999999999999999999999",
+]
+
+
+def test_bad_ids_in_paths_are_a_400(any_api: Api, no_tracebacks: None) -> None:
+    for path in _BAD_PATHS:
+        field = "user_id" if "accounts" in path else "order_id"
+        _assert_refused(any_api.call("GET", path), field)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "GZIP", "x-unknown", "gzip, gzip",
+                                      "x-gzip", "compress", "identity, gzip"])
+def test_a_body_not_in_its_content_encoding_is_a_400(api: Api, encoding: str,
+                                                     no_tracebacks: None) -> None:
+    raw = orjson.dumps({"amount": "1.00", "reference": "r"})
+    status, body = api.call("POST", "/v1/accounts/111/deposits", raw,
+                            {**AUTH, "Content-Encoding": encoding})
+    assert status == 400 and "body" in body["error"], (status, body)
+    assert api.call("GET", "/v1/accounts/111")[0] == 404
+
+
+def test_an_encoding_aiohttp_cannot_decode_is_a_400(api: Api, no_tracebacks: None) -> None:
+    """br without Brotli installed: aiohttp's parser refuses it (plain text) before any handler."""
+    raw = orjson.dumps({"amount": "1.00", "reference": "r"})
+    status, _ = api.call("POST", "/v1/accounts/111/deposits", raw,
+                         {**AUTH, "Content-Encoding": "br"})
+    assert status == 400
+    assert api.call("GET", "/v1/accounts/111")[0] == 404
+
+
+def test_a_gzip_body_is_accepted(api: Api) -> None:
+    import gzip
+
+    raw = gzip.compress(orjson.dumps({"amount": "1.00", "reference": "r"}))
+    assert api.call("POST", "/v1/accounts/111/deposits", raw,
+                    {**AUTH, "Content-Encoding": "gzip"}) == (
+        201, {"user_id": 111, "balance": "1.00"})
+
+
+def test_an_order_for_an_unconfigured_provider_is_refused(
+        sqlite_url: str, redis_url: str, redis_prefix: str, no_tracebacks: None) -> None:
+    settings = _settings(sqlite_url, redis_url, redis_prefix).with_overrides(providers={})
+    for api in _serve(settings):
+        api.deposit(111, "25.00")
+        _assert_refused(api.call("POST", "/v1/orders", ORDER), "provider")
+        assert api.balance(111) == "25.00"

@@ -12,12 +12,17 @@ from collections.abc import Iterator
 
 import jwt
 
+from paxyo.limits import MAX_ID
+
 log = logging.getLogger("wsgateway.auth")
 
 ALGORITHM = "HS256"
 MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key at least as long as the hash
-_USER_ID = re.compile(r"^[1-9][0-9]{0,18}$")
-_MAX_USER_ID = 2**63 - 1
+_USER_ID = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
+# A JWT is three base64url parts; checking the form first keeps any other string (non-ASCII,
+# NUL, what a proxy mangled) away from PyJWT, which raises more than InvalidTokenError on some.
+_JWT_FORM = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*", re.ASCII)
+MAX_TOKEN = 4096  # characters: far longer than any token mint_token makes
 
 
 class TokenError(Exception):
@@ -28,11 +33,15 @@ def admin_authorized(authorization: str | None, admin_token: str | None, *,
                      demo: bool = False) -> bool:
     """Whether an ``Authorization`` header carries the admin bearer token.
 
-    Without a configured token only demo mode is open; elsewhere nothing is.
+    Without a configured token only demo mode is open; elsewhere nothing is. A header that is
+    not ASCII (aiohttp hands its non-UTF-8 bytes over as lone surrogates) is simply not the
+    token.
     """
     if not admin_token:
         return demo
-    scheme, _, presented = (authorization or "").strip().partition(" ")
+    if authorization is None or not authorization.isascii():
+        return False
+    scheme, _, presented = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         return False
     return hmac.compare_digest(presented.strip().encode(), admin_token.encode())
@@ -40,7 +49,7 @@ def admin_authorized(authorization: str | None, admin_token: str | None, *,
 
 def mint_token(secret: str, user_id: int, ttl: int = 3600) -> str:
     """An HS256 token for ``user_id`` that expires in ``ttl`` seconds."""
-    if isinstance(user_id, bool) or not isinstance(user_id, int) or not 0 < user_id <= _MAX_USER_ID:
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or not 0 < user_id <= MAX_ID:
         raise ValueError(f"user_id must be a positive integer, not {user_id!r}")
     now = int(time.time())
     claims = {"sub": str(user_id), "iat": now, "exp": now + int(ttl)}
@@ -52,6 +61,8 @@ def verify_token(secret: str, token: str | None) -> int:
     """The user id a valid token was minted for; raises :class:`TokenError` otherwise."""
     if not token:
         raise TokenError("missing token")
+    if len(token) > MAX_TOKEN or _JWT_FORM.fullmatch(token) is None:
+        raise TokenError("token is not a JWT")
     try:
         with _short_secrets_allowed():
             claims = jwt.decode(token, secret, algorithms=[ALGORITHM],
@@ -67,7 +78,7 @@ def verify_token(secret: str, token: str | None) -> int:
     except jwt.InvalidTokenError as exc:
         raise TokenError(f"invalid token: {exc}") from None
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not _USER_ID.match(sub) or int(sub) > _MAX_USER_ID:
+    if not isinstance(sub, str) or not _USER_ID.fullmatch(sub) or int(sub) > MAX_ID:
         raise TokenError("token 'sub' is not a positive integer user id")
     return int(sub)
 

@@ -1,24 +1,35 @@
 """The /v1 HTTP API the panel calls (deposits, accounts, orders) and JSON error handling.
 
 Every route needs ``Authorization: Bearer $PAXYO_ADMIN_TOKEN``. Input is validated before it
-reaches the domain: bad input is always a 400 naming the field, never a 500. Money is a decimal
-string (or an int); a JSON number with a fraction is refused, because money is never a float.
+reaches the domain: bad input is always a 400 naming the field, never a 500. Money is an ASCII
+decimal string (or an int) below ``paxyo.limits.MONEY_LIMIT``; a JSON number with a fraction
+is refused, because money is never a float. Ids are positive integers up to ``MAX_ID`` (digits
+only in paths); ``quantity`` is at most ``MAX_QUANTITY``; ``provider`` is a configured
+provider; ``provider_order_id`` is one id of 1-64 ASCII letters or digits. Text fields
+(``reference`` up to 150 characters, ``service`` up to 64, ``link`` up to 4096) have no
+control characters (NUL included) and no lone surrogates. A body may be sent gzip- or
+deflate-encoded; any other ``Content-Encoding`` is refused.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import unicodedata
 from decimal import Decimal
 from typing import Any, NoReturn
 
 import orjson
 import redis
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 
 from paxyo.accounts import deposit, get_balance
 from paxyo.errors import Conflict, NotFound
 from paxyo.events import PendingEvent
+from paxyo.ledger import BalanceLimitExceeded
+from paxyo.limits import MAX_ID, MAX_QUANTITY, PROVIDER_ORDER_ID_MAX, is_provider_order_id
 from paxyo.money import MoneyError, format_money, parse_money
 from paxyo.orders import NewOrder, get_order, place_order
 from paxyo.settings import Settings
@@ -27,13 +38,14 @@ from wsgateway.auth import admin_authorized
 
 log = logging.getLogger("wsgateway.http")
 
-MAX_ID = 2**63 - 1  # BIGINT
-MAX_MONEY = Decimal(10) ** 15  # the store keeps 16 integer digits
 MAX_REFERENCE = 150
-MAX_NAME = 64  # provider, provider_order_id, service
+MAX_SERVICE = 64
 MAX_LINK = 4096
-_DIGITS = re.compile(r"[0-9]{1,19}")
+_DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
 _KEPT_HEADERS = (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER)
+# Content-Encodings aiohttp decodes (or that mean none); with any other the body we would read
+# is not the body that was meant.
+_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 
 
 class BadRequest(Exception):
@@ -95,9 +107,12 @@ async def post_deposit(request: web.Request) -> web.Response:
     user_id = _path_id(request, "user_id")
     body = await _json_object(request)
     amount = _money(body, "amount", settings.money_decimals)
-    reference = _string(body, "reference", MAX_REFERENCE)
-    result = await run_blocking(state, deposit, state[ENGINE], user_id, amount, reference,
-                                settings.money_decimals)
+    reference = _text(body, "reference", MAX_REFERENCE)
+    try:
+        result = await run_blocking(state, deposit, state[ENGINE], user_id, amount, reference,
+                                    settings.money_decimals)
+    except BalanceLimitExceeded as exc:
+        raise BadRequest(f"amount: {exc}") from None
     await publish_event(state, result.event)
     return json_response({"user_id": user_id,
                           "balance": format_money(result.balance, settings.money_decimals)},
@@ -119,7 +134,10 @@ async def post_order(request: web.Request) -> web.Response:
     """Register an order and debit its charge: 201 when placed, 200 for an identical repeat."""
     state, settings = request.config_dict, request.config_dict[SETTINGS]
     new = _new_order(await _json_object(request), settings)
-    result = await run_blocking(state, _place, state[ENGINE], new, settings)
+    try:
+        result = await run_blocking(state, _place, state[ENGINE], new, settings)
+    except BalanceLimitExceeded as exc:
+        raise BadRequest(f"charge: {exc}") from None
     await publish_event(state, result.event)
     return json_response(result.order, 201 if result.created else 200)
 
@@ -157,28 +175,55 @@ def _new_order(body: dict[str, Any], settings: Settings) -> NewOrder:
         user_id=_positive_int(body, "user_id"),
         provider=_provider(body, settings),
         provider_order_id=_provider_order_id(body),
-        quantity=_positive_int(body, "quantity"),
+        quantity=_positive_int(body, "quantity", MAX_QUANTITY),
         charge=_money(body, "charge", settings.money_decimals),
-        service=_optional_name(body, "service"),
-        link=_optional_string(body, "link", MAX_LINK),
+        service=_service(body),
+        link=None if body.get("link") is None else _text(body, "link", MAX_LINK),
     )
 
 
+class _NonFinite:
+    """Stands for a NaN or Infinity literal, so that the field holding it is named."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+    def __repr__(self) -> str:
+        return self.literal
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "").strip().lower()
+    if encoding not in _ENCODINGS:
+        raise BadRequest(f"body: Content-Encoding {encoding[:40]!r} is not supported "
+                         "(send gzip, deflate or none)")
+    try:
+        raw = await request.read()
+    except (web.RequestPayloadError, BadHttpMessage):
+        # e.g. "Content-Encoding: gzip" on a body that is not gzip, or a truncated chunk
+        raise BadRequest(f"body could not be read as {encoding or 'sent'}") from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise BadRequest("body is not valid JSON") from None
+        body = _lenient_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("body must be a JSON object")
     return body
 
 
+def _lenient_json(raw: bytes) -> Any:
+    """What orjson refuses yet is JSON enough to name the bad field: integers beyond 64 bits,
+    NaN and Infinity, lone surrogates. The fields' own checks then refuse them."""
+    try:
+        return json.loads(raw, parse_constant=_NonFinite, parse_float=Decimal)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
+        raise BadRequest("body is not valid JSON") from None
+
+
 def _path_id(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
     if not _DIGITS.fullmatch(raw) or not 0 < int(raw) <= MAX_ID:
-        raise BadRequest(f"{name} must be a positive integer, not {raw!r}")
+        raise BadRequest(f"{name} must be a positive integer, not {raw[:40]!r}")
     return int(raw)
 
 
@@ -188,68 +233,70 @@ def _required(body: dict[str, Any], field: str) -> Any:
     return body[field]
 
 
-def _positive_int(body: dict[str, Any], field: str) -> int:
+def _positive_int(body: dict[str, Any], field: str, maximum: int = MAX_ID) -> int:
     value = _required(body, field)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
-        raise BadRequest(f"{field} must be a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= maximum:
+        raise BadRequest(f"{field} must be an integer from 1 to {maximum}")
     return value
 
 
-def _string(body: dict[str, Any], field: str, max_length: int) -> str:
+def _text(body: dict[str, Any], field: str, max_length: int) -> str:
+    """A non-blank string of at most ``max_length`` characters that every store can hold."""
     value = _required(body, field)
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"{field} must be a non-empty string")
     if len(value) > max_length:
         raise BadRequest(f"{field} must be at most {max_length} characters")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        raise BadRequest(f"{field} must not contain control characters (NUL, newline...) "
+                         "or lone surrogates")
     return value
 
 
-def _optional_string(body: dict[str, Any], field: str, max_length: int) -> str | None:
-    return None if body.get(field) is None else _string(body, field, max_length)
-
-
-def _optional_name(body: dict[str, Any], field: str) -> str | None:
+def _service(body: dict[str, Any]) -> str | None:
     """An optional id the panel may send as a number or a string; stored as a string."""
-    value = body.get(field)
+    value = body.get("service")
+    if value is None:
+        return None
     if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 < value <= MAX_ID:
+            raise BadRequest(f"service must be an integer from 1 to {MAX_ID} or a string")
         return str(value)
-    if value is not None and not isinstance(value, str):
-        raise BadRequest(f"{field} must be an integer or a string")
-    return _optional_string(body, field, MAX_NAME)
+    if not isinstance(value, str):
+        raise BadRequest("service must be an integer or a string")
+    return _text(body, "service", MAX_SERVICE)
 
 
 def _provider(body: dict[str, Any], settings: Settings) -> str:
-    provider = _string(body, "provider", MAX_NAME).strip().lower()
-    if settings.providers and provider not in settings.providers:
-        raise BadRequest(f"unknown provider {provider!r}")
+    value = _required(body, "provider")
+    provider = value.lower() if isinstance(value, str) and value.isascii() else None
+    if provider not in settings.providers:
+        configured = ", ".join(sorted(settings.providers)) or "none"
+        shown = value[:40] if isinstance(value, str) else value
+        raise BadRequest(f"provider {shown!r} is not configured (configured: {configured})")
     return provider
 
 
 def _provider_order_id(body: dict[str, Any]) -> str:
+    """One id at the provider: a positive integer or 1-64 ASCII letters and digits."""
     value = _required(body, "provider_order_id")
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise BadRequest("provider_order_id must be a positive integer or a string")
-        return str(value)
-    if not isinstance(value, str):
-        raise BadRequest("provider_order_id must be an integer or a string")
-    return _string(body, "provider_order_id", MAX_NAME).strip()
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        value = str(value)
+    if not isinstance(value, str) or not is_provider_order_id(value):
+        raise BadRequest(f"provider_order_id must be one id: 1-{PROVIDER_ORDER_ID_MAX} ASCII "
+                         "letters or digits (no comma, space or other character)")
+    return value
 
 
 def _money(body: dict[str, Any], field: str, decimals: int) -> Decimal:
     value = _required(body, field)
-    if isinstance(value, float):
+    if isinstance(value, float | Decimal | _NonFinite):
         raise BadRequest(f"{field} must be a decimal string such as \"25.00\", "
                          "not a JSON number with a fraction (money is never a float)")
     try:
-        amount = parse_money(value, decimals)
+        return parse_money(value, decimals)
     except MoneyError as exc:
         _money_error(field, str(exc))
-    except ArithmeticError:  # e.g. "1e40": too many digits to quantize
-        _money_error(field, f"{field} is too large")
-    if amount >= MAX_MONEY:
-        _money_error(field, f"{field} is too large")
-    return amount
 
 
 def _money_error(field: str, message: str) -> NoReturn:
