@@ -33,8 +33,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from paxyo.cli.private_redis import PrivateRedis, answers  # noqa: E402
 from paxyo.clock import utcnow  # noqa: E402
-from paxyo.private_redis import PrivateRedis, answers  # noqa: E402
 from paxyo.store.engine import open_engine  # noqa: E402
 from paxyo.store.migrate import upgrade  # noqa: E402
 from paxyo.store.schema import accounts, ledger_entries, metadata, orders  # noqa: E402

@@ -7,12 +7,11 @@ import logging
 import signal
 import threading
 import time
-from datetime import datetime
 
 import orjson
 import redis
 from rq import Queue, Retry, Worker
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.leader import LeaderLock
@@ -24,9 +23,7 @@ from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.shard_policy import JOB_RETRIES, RETRY_INTERVALS, job_timeout, queued_lease_seconds
-from paxyo.statuses import StatusClass
 from paxyo.store.engine import open_engine
-from paxyo.store.schema import orders
 
 log = logging.getLogger("paxyo.dispatcher")
 
@@ -34,14 +31,6 @@ TICK_SECONDS = 1.0
 SWEEP_EVERY = 2.0
 QUEUED_PER_WORKER = 10  # shards queued per live worker (a few seconds of work)
 MIN_QUEUED = 50
-
-
-def dispatcher_lag(engine: Engine, now: datetime) -> float:
-    """Seconds the most overdue open order is past its check time (0 when none is late)."""
-    with engine.connect() as conn:
-        oldest = conn.execute(select(func.min(orders.c.next_check_at))
-                              .where(orders.c.status_class == StatusClass.OPEN.value)).scalar()
-    return max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
 
 
 class Dispatcher:

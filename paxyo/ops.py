@@ -19,13 +19,12 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import Engine, func, select
 
-from dispatcher.loop import dispatcher_lag
 from paxyo.clock import utcnow
 from paxyo.keys import Keys
+from paxyo.protection import CircuitBreaker, CircuitState
 from paxyo.settings import Settings
 from paxyo.statuses import StatusClass
 from paxyo.store.schema import orders, outbox
-from workers.protection import CircuitBreaker, CircuitState
 
 GATEWAY_ALIVE_SECONDS = 30.0  # a gateway whose heartbeat is older counts as down
 CIRCUIT_LEVELS = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -61,6 +60,14 @@ class RedisStatus:
     dispatcher: DispatcherStatus
     gateways_up: int
     circuits: dict[str, CircuitState] = field(default_factory=dict)
+
+
+def dispatcher_lag(engine: Engine, now: datetime) -> float:
+    """Seconds the most overdue open order is past its check time (0 when none is late)."""
+    with engine.connect() as conn:
+        oldest = conn.execute(select(func.min(orders.c.next_check_at))
+                              .where(orders.c.status_class == StatusClass.OPEN.value)).scalar()
+    return max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
 
 
 def read_database_status(engine: Engine, now: datetime | None = None) -> DatabaseStatus:

@@ -15,7 +15,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from paxyo.private_redis import PrivateRedis, answers
+from paxyo.cli.private_redis import PrivateRedis, answers
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade

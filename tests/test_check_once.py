@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 from paxyo.accounts import deposit, get_balance
-from paxyo.check_once import run_cycle
+from paxyo.cli.check_once import run_cycle
 from paxyo.keys import Keys
 from paxyo.ledger import ledger_mismatches
 from paxyo.orders import NewOrder, get_order, place_order

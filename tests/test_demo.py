@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from paxyo.accounts import deposit
+from paxyo.cli.demo_web import setup_demo
 from paxyo.keys import Keys
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
@@ -68,7 +69,7 @@ def _settings(sqlite_url: str, redis_url: str, redis_prefix: str, simulator: Sim
 
 
 def _serve(settings: Settings, simulator: SimulatorHandle) -> Iterator[Demo]:
-    server = ServerThread(lambda: create_app(settings))
+    server = ServerThread(lambda: create_app(settings, extend=setup_demo))
     server.start()
     try:
         yield Demo(server.url, simulator)

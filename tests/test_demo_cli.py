@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from paxyo.private_redis import answers
+from paxyo.cli.private_redis import answers
 from tests.support import free_port, http_json
 
 ROOT = Path(__file__).resolve().parents[1]

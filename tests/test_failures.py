@@ -34,10 +34,10 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from paxyo.accounts import deposit
+from paxyo.cli.private_redis import PrivateRedis
 from paxyo.keys import Keys
 from paxyo.ledger import ledger_mismatches
 from paxyo.orders import NewOrder, place_order
-from paxyo.private_redis import PrivateRedis
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade
 from paxyo.store.schema import accounts, ledger_entries, orders, outbox

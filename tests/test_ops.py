@@ -17,8 +17,8 @@ from paxyo.accounts import deposit
 from paxyo.cli import main
 from paxyo.keys import Keys
 from paxyo.orders import NewOrder, place_order
+from paxyo.protection import CircuitBreaker
 from tests.support import ServerThread, free_port, http_json
-from workers.protection import CircuitBreaker
 
 
 def boom() -> None:

@@ -4,7 +4,7 @@ import pytest
 import redis
 
 from paxyo.keys import Keys
-from workers.protection import CircuitBreaker, CircuitState
+from paxyo.protection import CircuitBreaker, CircuitState
 
 
 class Clock:

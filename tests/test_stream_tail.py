@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from paxyo.private_redis import PrivateRedis
+from paxyo.cli.private_redis import PrivateRedis
 from tests.support import free_port, unavailable
 from wsgateway import stream_tail
 from wsgateway.stream_tail import StreamTail, StreamTailError

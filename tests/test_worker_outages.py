@@ -21,9 +21,9 @@ import sqlalchemy as sa
 
 from dispatcher.loop import Dispatcher
 from paxyo.accounts import deposit
+from paxyo.cli.private_redis import PrivateRedis
 from paxyo.clock import utcnow
 from paxyo.orders import NewOrder, place_order
-from paxyo.private_redis import PrivateRedis
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade

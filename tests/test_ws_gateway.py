@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import Metrics
 from paxyo.accounts import deposit
+from paxyo.cli.private_redis import PrivateRedis
 from paxyo.events import event_id
 from paxyo.keys import Keys
-from paxyo.private_redis import PrivateRedis
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine

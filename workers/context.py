@@ -13,11 +13,11 @@ from sqlalchemy import Engine
 
 from monitoring.metrics import METRICS
 from paxyo.keys import Keys
+from paxyo.protection import CircuitBreaker, RateLimiter
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
 from providers.client import ProviderClient
-from workers.protection import CircuitBreaker, RateLimiter
 
 T = TypeVar("T")
 

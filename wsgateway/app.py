@@ -42,9 +42,14 @@ REDIS = web.AppKey("redis", aioredis.Redis)  # async client for the event loop
 RELAY = web.AppKey("relay", OutboxRelay)  # publishes committed outbox rows (sync, in a thread)
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Application:
-    """The web process's application; pass ``engine`` to share one (the caller disposes it)."""
-    from wsgateway import demo, health, http_api  # they import the keys below
+def create_app(settings: Settings, *, engine: Engine | None = None,
+               extend: Callable[[web.Application, Settings], None] | None = None,
+               ) -> web.Application:
+    """The web process's application; pass ``engine`` to share one (the caller disposes it).
+
+    ``extend(app, settings)`` adds routes of the caller's own (``paxyo demo``'s page).
+    """
+    from wsgateway import health, http_api  # they import the keys below
     from wsgateway.ws import setup_websocket
 
     app = web.Application(middlewares=[http_api.error_middleware])
@@ -53,8 +58,8 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> web.Appli
     setup_websocket(app, settings)  # after _resources: /ws uses its Redis and engine
     health.add_routes(app)
     app.add_subapp("/v1", http_api.create_api())
-    if settings.demo:
-        demo.setup_demo(app, settings)
+    if extend is not None:
+        extend(app, settings)
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -13,11 +14,15 @@ from wsgateway.app import create_app
 SHUTDOWN_TIMEOUT = 10.0
 
 
-def run_gateway(settings: Settings, host: str = "0.0.0.0") -> None:
-    """Serve on ``host:settings.port``; SIGTERM stops accepting, shuts down and returns."""
+def run_gateway(settings: Settings, host: str = "0.0.0.0",
+                extend: Callable[[web.Application, Settings], None] | None = None) -> None:
+    """Serve on ``host:settings.port``; SIGTERM stops accepting, shuts down and returns.
+
+    ``extend`` adds the caller's own routes (see :func:`wsgateway.app.create_app`).
+    """
     url = f"http://{host}:{settings.port}"
     web.run_app(
-        create_app(settings), host=host, port=settings.port, loop=_new_loop(),
+        create_app(settings, extend=extend), host=host, port=settings.port, loop=_new_loop(),
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         print=lambda _banner: print(f"paxyo gateway listening on {url}", flush=True))
 

@@ -26,7 +26,7 @@ from aiohttp import web
 from sqlalchemy import Engine, func, select
 
 from paxyo.accounts import get_balance
-from paxyo.demo import DEMO_USERS, PROVIDER, demo_charge
+from paxyo.cli.demo import DEMO_USERS, PROVIDER, demo_charge
 from paxyo.errors import Conflict, NotFound
 from paxyo.money import ZERO, format_money
 from paxyo.orders import NewOrder, get_order, order_view, place_order
@@ -58,9 +58,9 @@ DEMO_PLACING = web.AppKey("demo_placing", asyncio.Lock)  # one "next free id" at
 
 
 def setup_demo(app: web.Application, settings: Settings) -> None:
-    """Add the demo page and endpoints; call only when ``settings.demo`` is set."""
+    """Add the demo page and endpoints, in demo mode (PAXYO_DEMO=1) only."""
     if not settings.demo:
-        raise ValueError("the demo routes exist only in demo mode (PAXYO_DEMO=1)")
+        return
     app[DEMO_SETTINGS] = settings
     app[DEMO_PLACING] = asyncio.Lock()
     for path in PAGES:

@@ -22,8 +22,8 @@ from pathlib import Path
 import aiohttp
 
 from paxyo.accounts import deposit
+from paxyo.cli.private_redis import PrivateRedis, answers
 from paxyo.orders import NewOrder, place_order
-from paxyo.private_redis import PrivateRedis, answers
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import MigrationError, upgrade

@@ -38,7 +38,7 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_check_once(args: argparse.Namespace, settings: Settings) -> int:
-    from paxyo.check_once import run_cycle
+    from paxyo.cli.check_once import run_cycle
     from paxyo.store.engine import open_engine
     from paxyo.store.migrate import MigrationError, upgrade
 
@@ -64,10 +64,11 @@ def cmd_simulator(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from paxyo.cli.demo_web import setup_demo
     from wsgateway.server import run_gateway
 
     settings.require_secrets()
-    run_gateway(settings, host=args.host)
+    run_gateway(settings, host=args.host, extend=setup_demo)
     return 0
 
 
@@ -96,7 +97,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from paxyo.demo import run_demo
+    from paxyo.cli.demo import run_demo
 
     return run_demo(settings, port=args.port or settings.port, workers=args.workers)
 
@@ -231,6 +232,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
