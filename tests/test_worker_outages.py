@@ -209,6 +209,19 @@ def test_a_worker_rides_out_a_redis_restart(rig, kill):
     assert_clean(rig.stderr_of(worker), outages=1)
 
 
+def test_sigterm_during_an_outage_stops_the_worker_at_once(rig):
+    rig.redis.start()
+    worker = rig.start_worker()
+    rig.wait_checked(rig.enqueue_shard(), worker)
+    rig.redis.process.kill()
+    rig.redis.process.wait(5)
+    time.sleep(3)  # down for a while: the worker, its heartbeats and its scheduler notice
+    stop_cleanly(rig, worker)
+    stderr = rig.stderr_of(worker)
+    assert "Traceback" not in stderr, stderr[-4000:]
+    assert "stopped without Redis" in stderr, stderr[-4000:]
+
+
 def test_the_command_lines_database_and_redis_reach_the_jobs(rig, tmp_path):
     """``paxyo --database-url X --redis-url Y worker`` with DATABASE_URL and REDIS_URL naming
     another database and a dead Redis: the jobs read and write X through Y."""

@@ -236,9 +236,8 @@ def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int | None 
     install_context(ctx)
     outage = RedisOutage(settings.redis_url, log)
     connection = redis.Redis.from_url(settings.redis_url)
-    # metrics: push this process's registry for web's /metrics (and serve it, if a port is set)
-    pusher = MetricsPusher(REGISTRY, connection, Keys(settings.redis_prefix), "worker").start()
     serve_process_metrics(REGISTRY, settings.metrics_port)
+    pusher: MetricsPusher | None = None
     # Until RQ installs its own handlers (once it is registered), SIGTERM or Ctrl-C ends a
     # wait for Redis at once.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -247,13 +246,17 @@ def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int | None 
         worker = _new_worker(settings, connection, outage)
         log.info("worker %s on queue %s (%d providers)", worker.name, settings.queue_name,
                  len(ctx.settings.providers))
+        # push this process's registry for web's /metrics (Redis answers by now)
+        pusher = MetricsPusher(REGISTRY, connection, Keys(settings.redis_prefix),
+                               "worker").start()
         return worker.work(burst=burst, with_scheduler=True, max_jobs=max_jobs,
                            logging_level="WARNING")
     except StopRequested:
         log.info("worker stopped before it started working")
         return False
     finally:
-        pusher.stop()
+        if pusher is not None:
+            pusher.stop()
         install_context(None)
         ctx.close()
         outage.close()
