@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import logging
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ import jwt
 import orjson
 import pytest
 import redis
+import yarl
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
@@ -228,7 +230,7 @@ def test_last_id_older_than_the_history_is_not_recovered(settings: Settings) -> 
             assert hello["last_id"] == event_id(ids[-1])
             hello, replayed = run(hello_for(ids[2]))  # the floor itself: all after it are kept
             assert hello["recovered"] is True and replayed == ids[3:]
-            hello, replayed = run(hello_for("not-an-id"))
+            hello, replayed = run(hello_for("0"))  # well formed, but not one of ours
             assert hello["recovered"] is False and replayed == []
             hello, replayed = run(hello_for(ids[-1] + 1000))  # newer than anything published
             assert hello["recovered"] is False and replayed == []
@@ -506,6 +508,51 @@ def test_bad_tokens_are_refused_with_401(
             return refused.value.status
 
     assert run(scenario()) == 401
+
+
+@pytest.mark.parametrize("token", [
+    "%E9", "%FF%FE", "caf%C3%A9", "a.b.c%E9", "a%00.b.c", "%D9%A1.%D9%A2.%D9%A3", "a.b.c%0A",
+    "x" * 5000,
+])
+def test_odd_tokens_are_a_401_without_traceback(
+        gateway: ServerThread, settings: Settings, token: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    url = f"{gateway.url}/ws?token={token}"
+    status, body = http_json("GET", url, headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+    assert status == 401 and "token" in body["error"], (status, body)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+@pytest.mark.parametrize("last_id", [
+    "%D9%A1%D9%A2%D9%A3", "%EF%BC%91", "%E2%91%A0", "not-an-id", "1e3", "+1", "-1", "1%20",
+    "%201", "1.0", "0x10", "1" * 21, "%00", "1%00", "%FF",
+])
+def test_a_malformed_last_id_is_a_400_naming_it(
+        gateway: ServerThread, settings: Settings, last_id: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    url = ws_url(gateway, settings, 111, last_id)
+    status, body = http_json("GET", url, headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+    assert status == 400 and "last_id" in body["error"], (status, body)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+    async def scenario() -> int:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(yarl.URL(url, encoded=True))
+            return refused.value.status
+
+    assert run(scenario()) == 400
+
+
+def test_an_empty_last_id_is_no_last_id(gateway: ServerThread, settings: Settings) -> None:
+    async def scenario() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, \
+                session.ws_connect(ws_url(gateway, settings, 111, "")) as ws:
+            return await receive(ws)
+
+    assert run(scenario())["recovered"] is False
 
 
 def test_foreign_origin_is_refused_with_403(settings: Settings) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -41,6 +42,9 @@ GREETING_TIMEOUT = 10.0  # seconds Redis and the database get to answer for the 
 HUB_REDIS_TIMEOUT = 2.0  # seconds for the hub's own commands (finding the stream's end)
 SCRIPT_PATH = Path(__file__).parent / "static" / "paxyo-realtime.js"
 PONG = '{"type":"pong"}'
+# Event ids are zero-padded outbox ids (paxyo.events.event_id). Anything else, other scripts'
+# digits included, which str.isdigit() accepts, is refused before it reaches the history.
+_EVENT_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
 
 HUB = web.AppKey("ws_hub", Hub)
 WS_SETTINGS = web.AppKey("ws_settings", Settings)
@@ -75,6 +79,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         user_id = _authenticate(request, settings)
     except TokenError as exc:
         return error_response(401, str(exc))
+    last_id = request.query.get("last_id") or None  # empty: none, as the JS client may send
+    if last_id is not None and _EVENT_ID.fullmatch(last_id) is None:
+        return error_response(400, "last_id must be an event id: 1-20 ASCII digits")
     # compress=False: events are small, and live frames are written pre-built, uncompressed.
     # No aiohttp heartbeat and no autoping: the hub pings every socket from one timer, and
     # the read loop notes every pong.
@@ -86,7 +93,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     subscriber = request.app[HUB].subscribe(ws, user_id)
     METRICS.gateway_connections.inc()
     try:
-        if await _greet(request, subscriber, request.query.get("last_id")):
+        if await _greet(request, subscriber, last_id):
             await _read_until_closed(ws, subscriber)
     finally:
         request.app[HUB].unsubscribe(subscriber)
