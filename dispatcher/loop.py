@@ -23,10 +23,10 @@ from paxyo.clock import utcnow
 from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
+from paxyo.shard_policy import JOB_RETRIES, RETRY_INTERVALS, job_timeout, queued_lease_seconds
 from paxyo.statuses import StatusClass
 from paxyo.store.engine import open_engine
 from paxyo.store.schema import orders
-from workers.jobs import JOB_RETRIES, RETRY_INTERVALS, job_timeout
 
 log = logging.getLogger("paxyo.dispatcher")
 
@@ -34,13 +34,6 @@ TICK_SECONDS = 1.0
 SWEEP_EVERY = 2.0
 QUEUED_PER_WORKER = 10  # shards queued per live worker (a few seconds of work)
 MIN_QUEUED = 50
-
-
-def lease_seconds(settings: Settings) -> float:
-    """How long a queued shard's orders stay leased before another shard may take them."""
-    if settings.lease_seconds is not None:
-        return settings.lease_seconds
-    return max(60.0, 2 * settings.poll_interval)
 
 
 def dispatcher_lag(engine: Engine, now: datetime) -> float:
@@ -75,7 +68,7 @@ class Dispatcher:
         now = utcnow()
         room = self.queue_room()
         shards = plan_shards(self.engine, now=now, poll_interval=self.settings.poll_interval,
-                             lease_seconds=lease_seconds(self.settings), max_shards=room) \
+                             lease_seconds=queued_lease_seconds(self.settings), max_shards=room) \
             if room > 0 else []
         if shards:
             self.enqueue(shards)

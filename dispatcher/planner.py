@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, select, update
 from sqlalchemy.engine import Connection
 
+from paxyo.leases import lease_free, still_open
+from paxyo.shard_policy import SHARD_SIZE
 from paxyo.statuses import StatusClass
 from paxyo.store.engine import transactional
 from paxyo.store.schema import orders
 
-SHARD_SIZE = 100
 OPEN = StatusClass.OPEN.value
 
 
@@ -32,26 +32,12 @@ class Shard:
     token: str
 
 
-def _lease_free(now: datetime):  # type: ignore[no-untyped-def]
-    return or_(orders.c.lease_until.is_(None), orders.c.lease_until < now)
-
-
-def _still_open():  # type: ignore[no-untyped-def]
-    """``status_class = 'open'`` written so that no index serves it (``status_class || ''``).
-
-    For statements that name their rows by id or lease token: without table statistics,
-    SQLite would otherwise pick ix_orders_due for the equality and scan every open order
-    (100k rows per 100-order shard), holding the write lock meanwhile.
-    """
-    return (orders.c.status_class + "") == OPEN
-
-
 def due_by_provider(engine: Engine, now: datetime, limit: int) -> dict[str, list[int]]:
     grouped: dict[str, list[int]] = defaultdict(list)
     with engine.connect() as conn:
         rows = conn.execute(
             select(orders.c.provider, orders.c.id)
-            .where(orders.c.status_class == OPEN, orders.c.next_check_at <= now, _lease_free(now))
+            .where(orders.c.status_class == OPEN, orders.c.next_check_at <= now, lease_free(now))
             .order_by(orders.c.next_check_at).limit(limit)).all()
     for provider, order_id in rows:
         grouped[provider].append(order_id)
@@ -68,7 +54,7 @@ def top_up(engine: Engine, provider: str, now: datetime, window: float, count: i
             select(orders.c.id)
             .where(orders.c.provider == provider, orders.c.status_class == OPEN,
                    orders.c.next_check_at > now,
-                   orders.c.next_check_at <= now + timedelta(seconds=window), _lease_free(now))
+                   orders.c.next_check_at <= now + timedelta(seconds=window), lease_free(now))
             .order_by(orders.c.next_check_at).limit(count + len(exclude))).all()
     return [r.id for r in rows if r.id not in exclude][:count]
 
@@ -78,7 +64,7 @@ def _lease_one(conn: Connection, provider: str, order_ids: list[int], now: datet
     """Lease the still-free orders among ``order_ids`` under a new token."""
     token = uuid.uuid4().hex
     conn.execute(update(orders)
-                 .where(and_(orders.c.id.in_(order_ids), _still_open(), _lease_free(now)))
+                 .where(and_(orders.c.id.in_(order_ids), still_open(), lease_free(now)))
                  .values(lease_until=until, lease_token=token))
     leased = [r.id for r in conn.execute(
         select(orders.c.id).where(orders.c.lease_token == token).order_by(orders.c.id))]
@@ -111,34 +97,3 @@ def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_se
         return [shard for shard in leased if shard is not None]
 
     return transactional(engine, run)
-
-
-def releaser(token: str) -> Callable[[Connection], object]:
-    """The release of ``token``'s leases, to run inside a caller's transaction."""
-    return lambda conn: conn.execute(update(orders).where(orders.c.lease_token == token)
-                                     .values(lease_until=None, lease_token=None))
-
-
-def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,
-          hold_seconds: float) -> dict[int, str]:
-    """A worker starting a shard: extend the lease of the orders still under its token.
-
-    Returns those orders' provider order ids, by order id.
-    """
-
-    def run(conn):  # type: ignore[no-untyped-def]
-        conn.execute(update(orders)
-                     .where(orders.c.lease_token == token, orders.c.id.in_(order_ids))
-                     .values(lease_until=now + timedelta(seconds=hold_seconds)))
-        return {r.id: r.provider_order_id for r in conn.execute(
-            select(orders.c.id, orders.c.provider_order_id)
-            .where(orders.c.lease_token == token, _still_open()))}
-
-    return transactional(engine, run)
-
-
-def defer(engine: Engine, token: str, until: datetime) -> None:
-    """Release a shard's orders without checking them, to be due again at ``until``."""
-    transactional(engine, lambda conn: conn.execute(
-        update(orders).where(orders.c.lease_token == token)
-        .values(lease_until=None, lease_token=None, next_check_at=until)))

@@ -20,9 +20,11 @@ from sqlalchemy import Engine, select
 
 from paxyo.clock import utcnow
 from paxyo.keys import Keys
+from paxyo.limits import is_provider_order_id
 from paxyo.observations import ApplyReport, apply_observations, refund_line
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
+from paxyo.shard_policy import SHARD_SIZE
 from paxyo.statuses import StatusClass
 from paxyo.store.schema import orders
 from providers.client import ProviderClient, ProviderUnavailable
@@ -30,7 +32,6 @@ from providers.replies import ProviderErrorReply
 
 log = logging.getLogger("paxyo.check")
 
-SHARD_SIZE = 100
 
 
 @dataclass
@@ -67,7 +68,8 @@ async def _check_provider(client: ProviderClient, engine: Engine, settings: Sett
     for start in range(0, len(refs), SHARD_SIZE):
         shard = refs[start:start + SHARD_SIZE]
         observed_at = utcnow()
-        replies = await client.status_many([ref[2] for ref in shard])
+        ask = sorted({ref[2] for ref in shard if is_provider_order_id(ref[2])})
+        replies = await client.status_many(ask) if ask else {}
         report.merge(await asyncio.to_thread(
             apply_observations, engine, client.config.name, [ref[0] for ref in shard],
             replies, observed_at=observed_at, decimals=settings.money_decimals,

@@ -9,7 +9,9 @@ shard costs one write transaction rather than one per changed order (on SQLite e
 transaction queues for the same lock).
 
 A missing id, a per-id error, an unknown status word or a Partial without numeric remains
-never changes money: the order stays open and is checked again.
+never changes money: the order stays open and is checked again. Each change runs in its own
+savepoint: one the database refuses (or that fails on the order's own stored data) is rolled
+back alone, counted as ``rejected`` and logged, and the order stays open; the rest commit.
 """
 
 from __future__ import annotations
@@ -27,17 +29,19 @@ from monitoring.metrics import METRICS, Metrics
 from paxyo.clock import utcnow
 from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_event
 from paxyo.ledger import EntryKind, LedgerEntry, lock_balance, post_entry
+from paxyo.limits import MAX_REMAINS, is_provider_order_id
 from paxyo.money import to_money
 from paxyo.refunds import refund_target, refund_top_up
 from paxyo.schedule import next_check_at
 from paxyo.statuses import Status, StatusClass, normalise_status
-from paxyo.store.engine import transactional
+from paxyo.store.engine import is_retryable, transactional
 from paxyo.store.schema import orders
 from providers.replies import EntryError, StatusEntry
 
 log = logging.getLogger("paxyo.orders")
 
 OPEN = StatusClass.OPEN.value
+INVALID_ID = "invalid provider order id"  # review note of an order whose id is never sent
 
 
 # Built once: these run for every change (statement construction costs more than execution).
@@ -74,6 +78,7 @@ class ApplyReport:
     unknown: int = 0        # a status word we do not know
     bad_remains: int = 0    # Partial without numeric remains
     stale: int = 0          # already terminal or observed later by someone else
+    rejected: int = 0       # a change the store refused: rolled back alone, order kept open
 
     def merge(self, other: ApplyReport) -> None:
         self.checked += other.checked
@@ -83,6 +88,7 @@ class ApplyReport:
         self.unknown += other.unknown
         self.bad_remains += other.bad_remains
         self.stale += other.stale
+        self.rejected += other.rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +128,10 @@ def apply_observations(
             continue
         report.checked += 1
         metrics.orders_checked.labels(provider).inc()
+        if not is_provider_order_id(row.provider_order_id):
+            report.no_answer += 1
+            touches.append(_Touch(row.id, INVALID_ID))
+            continue
         entry = replies.get(row.provider_order_id)
         if entry is None or isinstance(entry, EntryError):
             report.no_answer += 1
@@ -135,14 +145,15 @@ def apply_observations(
                         row.id, entry.status)
             touches.append(_Touch(row.id, status.name))
             continue
-        if status.cls is StatusClass.PARTIAL and entry.remains is None:
+        usable = _usable_remains(entry.remains)
+        if status.cls is StatusClass.PARTIAL and usable is None:
             report.bad_remains += 1
             metrics.provider_bad_entries.labels(provider, "bad_remains").inc()
-            log.warning("order %s: Partial without numeric remains; no refund, checked again",
-                        row.id)
+            log.warning("order %s: Partial without usable remains (%r); no refund, "
+                        "checked again", row.id, entry.remains)
             touches.append(_Touch(row.id, row.review_status))
             continue
-        remains = entry.remains if entry.remains is not None else row.remains
+        remains = usable if usable is not None else row.remains
         if status.name == row.status and remains == row.remains:
             report.unchanged += 1
             touches.append(_Touch(row.id, None))
@@ -152,11 +163,13 @@ def apply_observations(
         return report
     pending.sort(key=lambda item: (item[0].user_id, item[0].id))
 
-    def run(conn: Connection) -> list[AppliedChange | None]:
-        applied = [_apply_change(conn, row.id, status, remains, observed_at, decimals,
-                                 poll_interval) for row, status, remains in pending]
-        if touches:
-            _reschedule(conn, touches, rows, observed_at, poll_interval)
+    def run(conn: Connection) -> list[AppliedChange | _Rejected | None]:
+        applied = [_apply_alone(conn, row, status, remains, observed_at, decimals,
+                                poll_interval) for row, status, remains in pending]
+        refused = [_Touch(r.order_id, r.review_status) for r in applied
+                   if isinstance(r, _Rejected)]
+        if touches or refused:
+            _reschedule(conn, touches + refused, rows, observed_at, poll_interval)
         if release is not None:
             release(conn)
         return applied
@@ -164,10 +177,49 @@ def apply_observations(
     for change in transactional(engine, run):
         if change is None:
             report.stale += 1  # a concurrent applier got there first
-            continue
-        report.changes.append(change)
-        _count_change(metrics, change)
+        elif isinstance(change, _Rejected):
+            report.rejected += 1
+            metrics.provider_bad_entries.labels(provider, "rejected").inc()
+        else:
+            report.changes.append(change)
+            _count_change(metrics, change)
     return report
+
+
+def _usable_remains(remains: int | None) -> int | None:
+    """The provider's remains if the store can hold it (parsers bound it already)."""
+    return remains if remains is not None and -MAX_REMAINS <= remains <= MAX_REMAINS else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    order_id: int
+    review_status: str | None
+
+
+def _apply_alone(conn: Connection, row: Row, status: Status, remains: int | None,
+                 observed_at: datetime, decimals: int,
+                 poll_interval: float) -> AppliedChange | _Rejected | None:
+    """One change in its own savepoint, so that a change that fails is undone on its own.
+
+    Lock conflicts (deadlocks, serialization failures, a busy SQLite) are not this change's
+    fault: they abort the whole transaction, which :func:`transactional` retries.
+    """
+    try:
+        with conn.begin_nested():
+            return _apply_change(conn, row.id, status, remains, observed_at, decimals,
+                                 poll_interval)
+    except Exception as exc:
+        if is_retryable(exc):
+            raise
+        log.error("order %s: change to %s (remains %r) set aside, order kept open: %s",
+                  row.id, status.name, remains, _first_line(exc))
+        return _Rejected(row.id, row.review_status)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.splitlines()[0][:300]
 
 
 def _apply_change(conn: Connection, order_id: int, status: Status, remains: int | None,

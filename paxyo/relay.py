@@ -115,21 +115,32 @@ class OutboxRelay:
         return self._publish_rows(rows) if rows else 0
 
     def sweep(self, *, older_than: float = 2.0, batch: int = 500) -> int:
-        """Publish rows left unpublished (by a crash, or Redis being down); returns rows swept."""
-        total = 0
+        """Publish rows left unpublished (by a crash, or Redis being down); returns rows swept.
+
+        By id, not by time: every unpublished row up to the highest id that is
+        ``older_than`` seconds old, in id order. ``created_at`` is read before the account
+        lock and on each host's clock, so a later id may carry an earlier time; sweeping by
+        time could then publish a user's later event before an earlier one. The age only
+        keeps the sweeper from racing the publish that follows each commit.
+        """
         cutoff = utcnow() - timedelta(seconds=older_than)
-        while True:
+        with self.engine.connect() as conn:
+            highest = conn.execute(
+                select(func.max(outbox.c.id)).where(outbox.c.published_at.is_(None),
+                                                    outbox.c.created_at <= cutoff)).scalar()
+        total, after = 0, 0
+        while highest is not None:
             with self.engine.connect() as conn:
                 rows = conn.execute(
                     select(outbox).where(outbox.c.published_at.is_(None),
-                                         outbox.c.created_at <= cutoff)
+                                         outbox.c.id > after, outbox.c.id <= highest)
                     .order_by(outbox.c.id).limit(batch)).all()
             if not rows:
-                return total
+                break
             self._publish_rows(rows)
             total += len(rows)
-            if len(rows) < batch:
-                return total
+            after = rows[-1].id
+        return total
 
     def backlog(self) -> int:
         with self.engine.connect() as conn:

@@ -54,4 +54,9 @@ def normalise_status(raw: str) -> Status:
     known = _KNOWN.get(key)
     if known is not None:
         return known
-    return Status(StatusClass.UNKNOWN, raw.strip()[:64])
+    return Status(StatusClass.UNKNOWN, _printable(raw.strip())[:64])
+
+
+def _printable(text: str) -> str:
+    """Control characters (NUL included, which PostgreSQL text refuses) shown as "?"."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)

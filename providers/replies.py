@@ -15,6 +15,8 @@ Per-order problems inside a multi-status reply are values, not exceptions: :clas
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -22,7 +24,10 @@ from typing import Any, Literal
 
 import orjson
 
+from paxyo.limits import MAX_REMAINS
+
 SNIPPET_CHARS = 200
+_REMAINS = re.compile(r"-?[0-9]{1,20}(?:\.0*)?", re.ASCII)
 
 EntryErrorKind = Literal["entry_error", "bad_entry"]
 
@@ -80,6 +85,10 @@ def decode(body: bytes | str) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
+        pass
+    try:  # what orjson refuses but PHP's json_encode writes: a number past a double (1e400)
+        return json.loads(body)
+    except ValueError:
         kind = "HTML page" if _looks_like_html(body) else "not JSON"
         raise ReplyError(kind, body) from None
 
@@ -152,22 +161,24 @@ def parse_entry(value: Any) -> StatusEntry | EntryError:
 def parse_remains(value: Any) -> int | None:
     """An integer remains from "157", 157, "157.0", 157.0 or "-5"; None for anything else.
 
-    A leading "+" is refused: SmartPanel writes over-delivery as "+N", so its sign is ambiguous.
+    Only ASCII digits are read, and only within ±MAX_REMAINS: "1e30", a full-width digit or
+    10**30 is no number this system can use or store. A leading "+" is refused: SmartPanel
+    writes over-delivery as "+N", so its sign is ambiguous.
     """
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int):
-        return value
-    text = str(value).strip()
-    if not text or text.startswith("+"):
+    if isinstance(value, float):
+        if not value.is_integer():  # also NaN and infinities
+            return None
+        value = int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if _REMAINS.fullmatch(text) is None:
+            return None
+        value = int(text.partition(".")[0])
+    if not isinstance(value, int):
         return None
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        return None
-    if not number.is_finite() or number != number.to_integral_value():
-        return None
-    return int(number)
+    return value if -MAX_REMAINS <= value <= MAX_REMAINS else None
 
 
 def parse_add(body: bytes | str) -> str:

@@ -1,12 +1,16 @@
 """Outbox relay: idempotent, ordered per user, and nothing lost when a publish never happened."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import redis
+from sqlalchemy import update
 
 from paxyo.accounts import deposit
+from paxyo.clock import utcnow
 from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
+from paxyo.store.schema import outbox
 
 
 def relay_for(engine, redis_url, prefix, **kw):
@@ -56,3 +60,18 @@ def test_history_is_bounded_and_the_floor_records_what_was_trimmed(
     assert kept == [e.outbox_id for e in events[2:]]
     assert int(client.hget(keys.history_floor, "111")) == events[1].outbox_id
     assert int(client.hget(keys.history_last, "111")) == events[-1].outbox_id
+
+
+def test_the_sweeper_publishes_by_id_not_by_creation_time(engine, redis_url, redis_prefix):
+    """created_at is read before the account lock and on each host's own clock, so a later
+    id can carry an earlier time; the sweeper must still publish a user's events in id order,
+    or a client resuming from the later id would never be sent the earlier one."""
+    earlier = deposit(engine, 111, Decimal("1.00"), "a", 2).event
+    later = deposit(engine, 111, Decimal("2.00"), "b", 2).event
+    with engine.begin() as conn:  # the later id's clock was behind by a minute
+        conn.execute(update(outbox).where(outbox.c.id == later.outbox_id)
+                     .values(created_at=utcnow() - timedelta(seconds=60)))
+    relay = relay_for(engine, redis_url, redis_prefix)
+    assert relay.sweep(older_than=30) == 2
+    assert stream_ids(redis_url, redis_prefix) == [earlier.outbox_id, later.outbox_id]
+    assert relay.backlog() == 0

@@ -69,7 +69,8 @@ def _make_sqlite_transactional(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def _is_retryable(exc: BaseException) -> bool:
+def is_retryable(exc: BaseException) -> bool:
+    """A lock conflict that a new attempt of the same transaction may not meet."""
     if not isinstance(exc, DBAPIError) or exc.orig is None:
         return False
     orig = exc.orig
@@ -96,11 +97,11 @@ def transactional(engine: Engine, fn: Callable[[Connection], T], *, attempts: in
         with _write_transaction(engine) as conn:
             return fn(conn)
     except DBAPIError as exc:
-        if attempts <= 1 or not _is_retryable(exc):
+        if attempts <= 1 or not is_retryable(exc):
             raise
         log.warning("transaction retried: %s", exc.orig)
     for attempt in Retrying(
-        retry=retry_if_exception(_is_retryable),
+        retry=retry_if_exception(is_retryable),
         stop=stop_after_attempt(attempts - 1),
         wait=wait_random_exponential(multiplier=0.02, max=1),
         before_sleep=before_sleep_log(log, logging.WARNING),

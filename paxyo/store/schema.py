@@ -11,14 +11,15 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
-    Numeric,
     String,
     Table,
     Text,
 )
 
-# Exact money: 24 digits with 8 decimals covers any PAXYO_MONEY_DECIMALS up to 8.
-MONEY = Numeric(24, 8, asdecimal=True)
+from paxyo.store.types import Money
+
+# Exact money on every backend (integer units on SQLite, NUMERIC(24, 8) elsewhere).
+MONEY = Money()
 # SQLite has no BIGINT autoincrement; INTEGER PRIMARY KEY is its 64-bit rowid.
 ID = BigInteger().with_variant(Integer(), "sqlite")
 

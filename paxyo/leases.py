@@ -1,0 +1,66 @@
+"""Order leases: an order in a queued or running shard is not put in another one.
+
+The dispatcher leases a shard's orders under a token before it enqueues the shard (see
+dispatcher.planner); the worker that runs it claims them, and releases them in the
+transaction that applies the provider's answer, or defers them unchecked. A lease that is
+never released (a killed worker) expires, and a later shard takes the orders again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, Engine, or_, select, update
+from sqlalchemy.engine import Connection
+
+from paxyo.statuses import StatusClass
+from paxyo.store.engine import transactional
+from paxyo.store.schema import orders
+
+OPEN = StatusClass.OPEN.value
+
+
+def lease_free(now: datetime) -> ColumnElement[bool]:
+    return or_(orders.c.lease_until.is_(None), orders.c.lease_until < now)
+
+
+def still_open() -> ColumnElement[bool]:
+    """``status_class = 'open'`` written so that no index serves it (``status_class || ''``).
+
+    For statements that name their rows by id or lease token: without table statistics,
+    SQLite would otherwise pick ix_orders_due for the equality and scan every open order
+    (100k rows per 100-order shard), holding the write lock meanwhile.
+    """
+    return (orders.c.status_class + "") == OPEN
+
+
+def releaser(token: str) -> Callable[[Connection], object]:
+    """The release of ``token``'s leases, to run inside a caller's transaction."""
+    return lambda conn: conn.execute(update(orders).where(orders.c.lease_token == token)
+                                     .values(lease_until=None, lease_token=None))
+
+
+def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,
+          hold_seconds: float) -> dict[int, str]:
+    """A worker starting a shard: extend the lease of the orders still under its token.
+
+    Returns those orders' provider order ids, by order id.
+    """
+
+    def run(conn: Connection) -> dict[int, str]:
+        conn.execute(update(orders)
+                     .where(orders.c.lease_token == token, orders.c.id.in_(order_ids))
+                     .values(lease_until=now + timedelta(seconds=hold_seconds)))
+        return {r.id: r.provider_order_id for r in conn.execute(
+            select(orders.c.id, orders.c.provider_order_id)
+            .where(orders.c.lease_token == token, still_open()))}
+
+    return transactional(engine, run)
+
+
+def defer(engine: Engine, token: str, until: datetime) -> None:
+    """Release a shard's orders without checking them, to be due again at ``until``."""
+    transactional(engine, lambda conn: conn.execute(
+        update(orders).where(orders.c.lease_token == token)
+        .values(lease_until=None, lease_token=None, next_check_at=until)))
