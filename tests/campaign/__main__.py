@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_line(result: RunResult) -> str:
     return (f"seed {result.seed} {result.database:<10} orders {result.orders:>2} "
             f"refunds {result.refunds:>2} faults {result.faults:>3} kills {result.kills} "
-            f"restarts {result.restarts} violations {len(result.violations)} "
+            f"restarts {result.restarts} backends {result.counts['db_backends_killed']} "
+            f"violations {len(result.violations)} "
             f"{result.seconds:5.1f}s")
 
 

@@ -41,6 +41,7 @@ class Managed:
     process: subprocess.Popen[bytes] | None = None
     expected_down: bool = False
     starts: int = 0
+    started_at: float = 0.0
 
 
 @dataclass
@@ -129,6 +130,7 @@ class ProcessSet:
                 managed.argv, cwd=ROOT, env=self.environment(), stdout=out,
                 stderr=subprocess.STDOUT)
         managed.starts += 1
+        managed.started_at = time.monotonic()
         managed.expected_down = False
 
     def kill(self, name: str) -> None:
@@ -171,7 +173,7 @@ class ProcessSet:
             process = managed.process
             if managed.expected_down or process is None or process.poll() is None:
                 continue
-            context = ""
+            context = f" {time.monotonic() - managed.started_at:.1f} s after its start"
             if self.redis_stopped_at is not None:
                 context = f", {time.monotonic() - self.redis_stopped_at:.1f} s after a Redis stop"
             self.deaths.append(f"{managed.name} exited with code {process.returncode} without "
