@@ -175,7 +175,7 @@ class ProcessSet:
                 continue
             context = f" {time.monotonic() - managed.started_at:.1f} s after its start"
             if self.redis_stopped_at is not None:
-                context = f", {time.monotonic() - self.redis_stopped_at:.1f} s after a Redis stop"
+                context += f", {time.monotonic() - self.redis_stopped_at:.1f} s after a Redis stop"
             self.deaths.append(f"{managed.name} exited with code {process.returncode} without "
                                f"being killed{context}; its log ends:\n{self.log_tail(managed)}")
             self._spawn(managed)
