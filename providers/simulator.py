@@ -11,6 +11,11 @@ Control endpoints (JSON, no key), for tests, the demo and benchmarks:
 
 - ``POST /sim/orders/{id}`` ``{"status":..., "remains":...}`` or ``{"entry": <any>}``, optional
   ``"quantity"``; creates the order if it does not exist. ``GET /sim/orders/{id}`` shows it.
+- ``POST /sim/orders/{id}`` ``{"reply": "omit" | "extra" | "repeat" | null}`` (alone or with the
+  keys above): a fault of every multi-status reply (``orders=``) that asks for this id, until set
+  to null. "omit" leaves the id out; "extra" adds two ids not asked for (one no order has, one
+  known order), each with a Canceled entry; "repeat" writes the id's key twice in the body, as
+  string-built PHP JSON does. The order keeps moving (or stays frozen) as before.
 - ``POST /sim/orders`` ``{"orders": [{"id": ..., "status": ..., "remains": ...}, ...]}``: the
   same for many orders in one request (benchmarks seed 100,000 orders this way).
 - ``GET|POST /sim/faults``: latency_ms, error_rate, html_rate, timeout_rate, rate_limit_per_min.
@@ -117,7 +122,10 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     handler = ACTIONS.get(action)
     if handler is None:
         return _json({"error": "Incorrect request"})
-    return _json(handler(state, params))
+    reply = handler(state, params)
+    if isinstance(reply, RawObject):
+        return web.Response(body=reply.body(), content_type="application/json")
+    return _json(reply)
 
 
 async def _read_params(request: web.Request) -> dict[str, str]:
@@ -190,7 +198,18 @@ def _status(state: SimulatorState, params: dict[str, str]) -> Any:
     ids = split_ids(params["orders"])
     if not ids or len(ids) > MAX_IDS_PER_REQUEST:
         return {"error": "Incorrect request"}
-    return {order_id: state.status_entry(order_id) for order_id in ids}
+    return RawObject(state.status_pairs(ids))
+
+
+class RawObject:
+    """A JSON object written pair by pair, so that a key may appear twice."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        self.pairs = pairs
+
+    def body(self) -> bytes:
+        members = b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in self.pairs)
+        return b"{" + members + b"}"
 
 
 def _cancel(state: SimulatorState, params: dict[str, str]) -> Any:

@@ -27,6 +27,11 @@ PENDING_SECONDS = (1.0, 5.0)
 RUNNING_SECONDS = (3.0, 20.0)
 OPEN_STATUSES = frozenset({"Pending", "In progress", "Processing"})
 MONEY_PLACES = Decimal("0.00001")
+# Per-order faults of multi-status replies (``"reply"`` of POST /sim/orders/{id}): leave the id
+# out, add ids that were not asked for, or write the id's key twice (broken PHP panels that
+# build JSON by string concatenation do all three).
+REPLY_FAULTS = ("omit", "extra", "repeat")
+EXTRA_IDS = 2  # ids added per "extra" fault: one unknown id, one known order not asked for
 
 INCORRECT_ORDER = {"error": "Incorrect order ID"}
 
@@ -130,6 +135,7 @@ class SimulatorState:
         self.clock = clock
         self.orders: dict[str, SimOrder] = {}
         self.overrides: dict[str, Override] = {}
+        self.reply_faults: dict[str, str] = {}
         self.next_id = FIRST_ORDER_ID
         self.balance = STARTING_BALANCE
         self.refills = 0
@@ -180,6 +186,8 @@ class SimulatorState:
                 self.next_id = int(order_id) + 1
         elif quantity is not None:
             order.quantity = quantity
+        if "reply" in changes:
+            self._set_reply_fault(order_id, changes["reply"])
         if "entry" in changes:
             status, remains = self._state(order_id, order)
             self.overrides[order_id] = Override(status, remains, changes["entry"])
@@ -206,6 +214,46 @@ class SimulatorState:
             "currency": CURRENCY,
         }
 
+    def status_pairs(self, order_ids: list[str]) -> list[tuple[str, Any]]:
+        """The (key, entry) pairs of a multi-status reply, in order, with the per-order reply
+        faults applied; a key may appear twice ("repeat"), so this is not a dict."""
+        pairs: list[tuple[str, Any]] = []
+        asked = set(order_ids)
+        for order_id in order_ids:
+            fault = self.reply_faults.get(order_id)
+            if fault is not None:
+                self.count_fault(f"reply_{fault}")
+            if fault == "omit":
+                continue
+            entry = self.status_entry(order_id)
+            pairs.append((order_id, entry))
+            if fault == "repeat":
+                pairs.append((order_id, entry))
+            elif fault == "extra":
+                pairs.extend((extra, self._decoy_entry(extra)) for extra in self._extra_ids(asked))
+        return pairs
+
+    def _set_reply_fault(self, order_id: str, fault: Any) -> None:
+        if fault is None:
+            self.reply_faults.pop(order_id, None)
+        else:
+            self.reply_faults[order_id] = fault
+
+    def _extra_ids(self, asked: set[str]) -> list[str]:
+        """Ids not asked for: one no order has, and one known order (if any) not asked for."""
+        extras = [str(self.next_id + 10**9)]
+        others = [order_id for order_id in self.orders if order_id not in asked]
+        if others:
+            extras.append(self._rng.choice(others))
+        return extras[:EXTRA_IDS]
+
+    def _decoy_entry(self, order_id: str) -> dict[str, Any]:
+        """A Canceled entry: a client that applied an id it did not ask for would refund."""
+        order = self.orders.get(order_id)
+        quantity = order.quantity if order is not None else CONTROL_DEFAULT_QUANTITY
+        return {"charge": "0", "start_count": "0", "status": "Canceled",
+                "remains": str(quantity), "currency": CURRENCY}
+
     def describe(self, order_id: str) -> dict[str, Any] | None:
         """Control API view of one order, or None when unknown."""
         order = self.orders.get(order_id)
@@ -220,6 +268,8 @@ class SimulatorState:
         }
         if override is not None and override.entry is not _UNSET:
             view["entry"] = override.entry
+        if order_id in self.reply_faults:
+            view["reply"] = self.reply_faults[order_id]
         return view
 
     def cancel(self, order_id: str) -> Any:
@@ -363,9 +413,13 @@ def split_ids(text: str) -> list[str]:
 
 
 def _check_order_changes(changes: Mapping[str, Any]) -> None:
-    unknown = set(changes) - {"status", "remains", "entry", "quantity"}
+    unknown = set(changes) - {"status", "remains", "entry", "quantity", "reply"}
     if unknown:
-        raise ValueError(f"unknown keys {sorted(unknown)}; use status, remains, entry, quantity")
+        raise ValueError(
+            f"unknown keys {sorted(unknown)}; use status, remains, entry, quantity, reply")
+    if "reply" in changes and changes["reply"] is not None \
+            and changes["reply"] not in REPLY_FAULTS:
+        raise ValueError(f"reply must be one of {list(REPLY_FAULTS)} or null")
     if "entry" in changes and ("status" in changes or "remains" in changes):
         raise ValueError("entry cannot be combined with status or remains")
     if "status" in changes and not isinstance(changes["status"], str):

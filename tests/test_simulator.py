@@ -42,6 +42,12 @@ class Sim:
             assert resp.content_type == "application/json"
             return orjson.loads(await resp.read())
 
+    async def raw_api(self, **fields: Any) -> bytes:
+        fields.setdefault("key", KEY)
+        async with self.session.post(self.api_url, data=fields) as resp:
+            assert resp.status == 200
+            return await resp.read()
+
     async def control(self, path: str, body: Any = None, *, expect: int = 200) -> Any:
         url = self.server.make_url(path)
         if body is None:
@@ -194,10 +200,41 @@ def test_control_entry_is_served_verbatim_until_a_status_is_set() -> None:
     run(check)
 
 
+def test_reply_faults_omit_add_and_repeat_ids_until_cleared() -> None:
+    async def check(sim: Sim) -> None:
+        for order_id in (700, 701, 702, 703):
+            await sim.control(f"/sim/orders/{order_id}", {"status": "In progress", "remains": 9})
+        await sim.control("/sim/orders/700", {"reply": "omit"})
+        await sim.control("/sim/orders/701", {"reply": "extra"})
+        await sim.control("/sim/orders/702", {"reply": "repeat", "status": "Partial",
+                                              "remains": 4})
+        raw = await sim.raw_api(action="status", orders="700,701,702")
+        assert raw.count(b'"702":') == 2  # the key written twice, as broken PHP panels do
+        reply = orjson.loads(raw)
+        assert "700" not in reply
+        assert reply["702"]["status"] == "Partial"
+        extras = set(reply) - {"701", "702"}
+        assert len(extras) == 2 and "703" in extras  # one unknown id, one known order
+        assert all(reply[i]["status"] == "Canceled" for i in extras)
+        single = await sim.api(action="status", order=700)  # single-status replies unaffected
+        assert single["status"] == "In progress"
+        assert (await sim.control("/sim/orders/701"))["reply"] == "extra"
+        faults = (await sim.control("/sim/stats"))["faults"]
+        assert faults == {"reply_omit": 1, "reply_extra": 1, "reply_repeat": 1}
+        for order_id in (700, 701, 702):
+            await sim.control(f"/sim/orders/{order_id}", {"reply": None})
+        assert set(await sim.api(action="status", orders="700,701,702")) == {
+            "700", "701", "702"}
+        assert "reply" not in await sim.control("/sim/orders/701")
+
+    run(check)
+
+
 @pytest.mark.parametrize(
     "body",
     [b"not json", b"[1]", {"colour": "red"}, {"status": 5}, {"quantity": 0},
-     {"quantity": "10"}, {"entry": 1, "status": "Completed"}],
+     {"quantity": "10"}, {"entry": 1, "status": "Completed"}, {"reply": "drop"},
+     {"reply": 1}],
 )
 def test_bad_control_bodies_are_400(body: Any) -> None:
     async def check(sim: Sim) -> None:
