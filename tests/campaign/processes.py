@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from paxyo.private_redis import PrivateRedis, answers
+from paxyo.cli.private_redis import PrivateRedis, answers
 from tests.support import free_port, http_json
 
 ROOT = Path(__file__).resolve().parents[2]
