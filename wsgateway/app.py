@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import redis
 import redis.asyncio as aioredis
 from aiohttp import web
-from aiohttp.helpers import ChainMapProxy
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine
@@ -22,24 +19,17 @@ from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
-from wsgateway import auth
+from wsgateway import auth, health, http_api
+from wsgateway.state import ENGINE, EXECUTOR, REDIS, RELAY, SETTINGS
+from wsgateway.ws import setup_websocket
 
 log = logging.getLogger("wsgateway")
-
-T = TypeVar("T")
-State = web.Application | ChainMapProxy
 
 BLOCKING_THREADS = 8  # database and relay calls in flight at once per process
 REDIS_CONNECT_TIMEOUT = 1.0
 REDIS_SOCKET_TIMEOUT = 2.0
 REDIS_POOL_SIZE = 50
 REDIS_POOL_WAIT = 5.0  # seconds a request may wait for a pooled Redis connection
-
-SETTINGS = web.AppKey("settings", Settings)
-ENGINE = web.AppKey("engine", Engine)
-EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
-REDIS = web.AppKey("redis", aioredis.Redis)  # async client for the event loop
-RELAY = web.AppKey("relay", OutboxRelay)  # publishes committed outbox rows (sync, in a thread)
 
 
 def create_app(settings: Settings, *, engine: Engine | None = None,
@@ -49,9 +39,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
 
     ``extend(app, settings)`` adds routes of the caller's own (``paxyo demo``'s page).
     """
-    from wsgateway import health, http_api  # they import the keys below
-    from wsgateway.ws import setup_websocket
-
     app = web.Application(middlewares=[http_api.error_middleware])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(functools.partial(_resources, engine=engine))
@@ -61,15 +48,6 @@ def create_app(settings: Settings, *, engine: Engine | None = None,
     if extend is not None:
         extend(app, settings)
     return app
-
-
-async def run_blocking(state: State, fn: Callable[..., T], *args: object) -> T:
-    """Run a blocking call (database, sync Redis) in the app's bounded thread pool.
-
-    ``state`` is the app or, from a sub-app's handler, ``request.config_dict``.
-    """
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(state[EXECUTOR], functools.partial(fn, *args))
 
 
 async def _resources(app: web.Application, *, engine: Engine | None) -> AsyncIterator[None]:

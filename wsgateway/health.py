@@ -24,8 +24,8 @@ from monitoring.metrics import REGISTRY
 from monitoring.push import PUSH_INTERVAL, MetricsPusher
 from paxyo import ops
 from paxyo.keys import Keys
-from wsgateway.app import ENGINE, REDIS, SETTINGS, run_blocking
-from wsgateway.http_api import json_response
+from wsgateway.responses import json_response
+from wsgateway.state import ENGINE, REDIS, SETTINGS, run_blocking
 from wsgateway.tasks import cancel_and_wait
 
 log = logging.getLogger("wsgateway.health")

@@ -21,20 +21,19 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 import orjson
-import redis
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage
 
 from paxyo.accounts import deposit, get_balance
 from paxyo.errors import Conflict, NotFound
-from paxyo.events import PendingEvent
 from paxyo.ledger import BalanceLimitExceeded
 from paxyo.limits import MAX_ID, MAX_QUANTITY, PROVIDER_ORDER_ID_MAX, is_provider_order_id
 from paxyo.money import MoneyError, format_money, parse_money
 from paxyo.orders import NewOrder, get_order, place_order
 from paxyo.settings import Settings
-from wsgateway.app import ENGINE, RELAY, SETTINGS, State, run_blocking
 from wsgateway.auth import admin_authorized
+from wsgateway.responses import BadRequest, error_response, json_response
+from wsgateway.state import ENGINE, SETTINGS, publish_event, run_blocking
 
 log = logging.getLogger("wsgateway.http")
 
@@ -46,18 +45,6 @@ _KEPT_HEADERS = (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER)
 # Content-Encodings aiohttp decodes (or that mean none); with any other the body we would read
 # is not the body that was meant.
 _ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
-
-
-class BadRequest(Exception):
-    """400: the request is malformed; ``str()`` names the field and what is wrong."""
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return json_response({"error": message}, status)
 
 
 @web.middleware
@@ -153,18 +140,6 @@ async def get_order_view(request: web.Request) -> web.Response:
 def _place(engine, new: NewOrder, settings: Settings):  # type: ignore[no-untyped-def]
     return place_order(engine, new, decimals=settings.money_decimals,
                        poll_interval=settings.poll_interval)
-
-
-async def publish_event(state: State, event: PendingEvent | None) -> None:
-    """Publish a just-committed event; if Redis is down the sweeper publishes it later."""
-    if event is None:
-        return
-    try:
-        await run_blocking(state, state[RELAY].publish_ids, [event.outbox_id])
-    except redis.RedisError as exc:
-        log.warning("event %s not published now (Redis: %s); the sweeper will", event.id, exc)
-    except Exception:
-        log.exception("event %s not published now; the sweeper will", event.id)
 
 
 # -- input validation -------------------------------------------------------------------------

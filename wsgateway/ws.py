@@ -28,12 +28,12 @@ from paxyo.keys import Keys
 from paxyo.money import ZERO, format_money
 from paxyo.settings import Settings
 from wsgateway import hub as hub_module
-from wsgateway.app import ENGINE, REDIS, run_blocking
 from wsgateway.auth import TokenError, verify_token
 from wsgateway.close_codes import CloseCode, reason
 from wsgateway.history import Replay, read_replay
-from wsgateway.http_api import error_response
 from wsgateway.hub import Hub, HubWebSocket, Subscriber
+from wsgateway.responses import error_response
+from wsgateway.state import ENGINE, REDIS, run_blocking
 
 log = logging.getLogger("wsgateway.ws")
 

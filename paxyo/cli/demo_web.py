@@ -34,9 +34,9 @@ from paxyo.settings import Settings
 from paxyo.store.schema import orders
 from providers.client import ProviderClient, ProviderUnavailable
 from providers.replies import ProviderErrorReply
-from wsgateway.app import ENGINE, run_blocking
 from wsgateway.auth import mint_token
-from wsgateway.http_api import BadRequest, json_response, publish_event
+from wsgateway.responses import BadRequest, json_response
+from wsgateway.state import ENGINE, publish_event, run_blocking
 
 log = logging.getLogger("wsgateway.demo")
 
