@@ -23,9 +23,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
+from prometheus_client import Counter, Histogram
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -35,7 +36,6 @@ from tenacity import (
 )
 
 import providers.replies as replies
-from monitoring.metrics import METRICS, Metrics
 from paxyo.settings import ProviderConfig
 from paxyo.status_entries import EntryError, StatusEntry, StatusMap
 from providers.replies import ProviderErrorReply, ReplyError
@@ -45,6 +45,14 @@ log = logging.getLogger("paxyo.providers")
 MAX_IDS_PER_REQUEST = 100  # the documented limit for "orders=" lists
 
 T = TypeVar("T")
+
+
+class ProviderMetrics(Protocol):
+    """Where a client counts its requests (monitoring.metrics.Metrics is one)."""
+
+    provider_requests: Counter      # labels: provider, action, outcome
+    provider_latency: Histogram     # labels: provider, action
+    provider_bad_entries: Counter   # labels: provider, reason
 
 
 class ProviderUnavailable(Exception):
@@ -79,7 +87,7 @@ class ProviderClient:
         attempts: int = 4,
         backoff_initial: float = 0.5,
         backoff_max: float = 8.0,
-        metrics: Metrics = METRICS,
+        metrics: ProviderMetrics | None = None,
         chunk_size: int = MAX_IDS_PER_REQUEST,
         chunk_concurrency: int = 4,
     ) -> None:
@@ -255,11 +263,15 @@ class ProviderClient:
         )
 
     def _observe(self, action: str, outcome: str, started: float) -> None:
+        if self.metrics is None:
+            return
         name = self.config.name
         self.metrics.provider_requests.labels(name, action, outcome).inc()
         self.metrics.provider_latency.labels(name, action).observe(time.perf_counter() - started)
 
     def _count_bad_entries(self, entries: Mapping[str, StatusEntry | EntryError]) -> None:
+        if self.metrics is None:
+            return
         for entry in entries.values():
             if isinstance(entry, EntryError):
                 reason = entry.kind

@@ -47,6 +47,7 @@ class WorkerContext:
             if self._session is None or self._session.closed:
                 self._session = self.run(_new_session())
             client = ProviderClient(self.settings.providers[name], self._session,
+                                    metrics=METRICS,
                                     timeout=self.settings.provider_timeout,
                                     attempts=self.settings.provider_attempts)
             self._clients[name] = client
