@@ -375,8 +375,19 @@ def test_the_standby_dispatcher_takes_over_and_no_order_is_enqueued_twice(stack)
     stack.wait_converged()
     stack.assert_converged()
     jobs = stack.jobs()
-    assert len(jobs) == stack.simulator.stats()["status_requests"]  # every shard is seen
+    # every shard that called the provider is seen; under load a queued shard may outlive its
+    # lease, and then finds its orders taken by a later shard and makes no call
+    calling = [j for j in jobs if not _skipped(j)]
+    assert len(calling) == stack.simulator.stats()["status_requests"]
     _assert_no_order_in_two_live_shards(jobs)
+
+
+def _skipped(job: Job) -> bool:
+    """Made no status call: still waiting in the queue, or found its lease taken."""
+    if job.is_queued or job.is_scheduled:
+        return True
+    result = job.return_value() if job.is_finished else None
+    return isinstance(result, dict) and bool(result.get("skipped"))
 
 
 def _assert_no_order_in_two_live_shards(jobs: list[Job]) -> None:
