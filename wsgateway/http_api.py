@@ -52,6 +52,10 @@ class BadRequest(Exception):
     """400: the request is malformed; ``str()`` names the field and what is wrong."""
 
 
+class UnreadableBody(BadRequest):
+    """400 for a body that could not be decoded; the connection is closed after the answer."""
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
@@ -63,8 +67,20 @@ def error_response(status: int, message: str) -> web.Response:
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
     """Domain errors and HTTP errors as ``{"error": ...}``; anything else is a logged 500."""
+    response = await _answer(request, handler)
+    if (request.body_exists and not request.content.is_eof()
+            and not isinstance(response, web.WebSocketResponse)):
+        await _discard_body(request, response)
+    return response
+
+
+async def _answer(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
     try:
         return await handler(request)
+    except UnreadableBody as exc:
+        response = error_response(400, str(exc))
+        response.force_close()  # the rest of the message cannot be read: no keep-alive
+        return response
     except BadRequest as exc:
         return error_response(400, str(exc))
     except NotFound as exc:
@@ -78,6 +94,21 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error")
+
+
+async def _discard_body(request: web.Request, response: web.StreamResponse) -> None:
+    """Read a body the handler left unread (a 401, a GET, an unknown route) before answering.
+
+    aiohttp would drain it after the answer, and a body that fails to decode (``gzip`` that is
+    not) would then be logged as an unhandled exception with its traceback. Bounded by the
+    app's ``client_max_size``.
+    """
+    try:
+        await request.read()
+    except (web.RequestPayloadError, BadHttpMessage, web.HTTPRequestEntityTooLarge):
+        request.content.feed_eof()
+        if not response.prepared:
+            response.force_close()
 
 
 @web.middleware
@@ -200,8 +231,11 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         raw = await request.read()
     except (web.RequestPayloadError, BadHttpMessage):
-        # e.g. "Content-Encoding: gzip" on a body that is not gzip, or a truncated chunk
-        raise BadRequest(f"body could not be read as {encoding or 'sent'}") from None
+        # e.g. "Content-Encoding: gzip" on a body that is not gzip, or a truncated chunk.
+        # Marking the payload finished keeps aiohttp from draining it after the answer, which
+        # would raise the same error again and log it as an unhandled exception.
+        request.content.feed_eof()
+        raise UnreadableBody(f"body could not be read as {encoding or 'sent'}") from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
