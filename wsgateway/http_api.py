@@ -32,7 +32,7 @@ from paxyo.money import MoneyError, format_money, parse_money
 from paxyo.orders import NewOrder, get_order, place_order
 from paxyo.settings import Settings
 from wsgateway.auth import admin_authorized
-from wsgateway.responses import BadRequest, error_response, json_response
+from wsgateway.responses import BadRequest, UnreadableBody, error_response, json_response
 from wsgateway.state import ENGINE, SETTINGS, publish_event, run_blocking
 
 log = logging.getLogger("wsgateway.http")
@@ -50,8 +50,20 @@ _ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 @web.middleware
 async def error_middleware(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
     """Domain errors and HTTP errors as ``{"error": ...}``; anything else is a logged 500."""
+    response = await _answer(request, handler)
+    if (request.body_exists and not request.content.is_eof()
+            and not isinstance(response, web.WebSocketResponse)):
+        await _discard_body(request, response)
+    return response
+
+
+async def _answer(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
     try:
         return await handler(request)
+    except UnreadableBody as exc:
+        response = error_response(400, str(exc))
+        response.force_close()  # the rest of the message cannot be read: no keep-alive
+        return response
     except BadRequest as exc:
         return error_response(400, str(exc))
     except NotFound as exc:
@@ -65,6 +77,21 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error")
+
+
+async def _discard_body(request: web.Request, response: web.StreamResponse) -> None:
+    """Read a body the handler left unread (a 401, a GET, an unknown route) before answering.
+
+    aiohttp would drain it after the answer, and a body that fails to decode (``gzip`` that is
+    not) would then be logged as an unhandled exception with its traceback. Bounded by the
+    app's ``client_max_size``.
+    """
+    try:
+        await request.read()
+    except (web.RequestPayloadError, BadHttpMessage, web.HTTPRequestEntityTooLarge):
+        request.content.feed_eof()
+        if not response.prepared:
+            response.force_close()
 
 
 @web.middleware
@@ -175,8 +202,11 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         raw = await request.read()
     except (web.RequestPayloadError, BadHttpMessage):
-        # e.g. "Content-Encoding: gzip" on a body that is not gzip, or a truncated chunk
-        raise BadRequest(f"body could not be read as {encoding or 'sent'}") from None
+        # e.g. "Content-Encoding: gzip" on a body that is not gzip, or a truncated chunk.
+        # Marking the payload finished keeps aiohttp from draining it after the answer, which
+        # would raise the same error again and log it as an unhandled exception.
+        request.content.feed_eof()
+        raise UnreadableBody(f"body could not be read as {encoding or 'sent'}") from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -12,6 +12,10 @@ class BadRequest(Exception):
     """400: the request is malformed; ``str()`` names the field and what is wrong."""
 
 
+class UnreadableBody(BadRequest):
+    """400 for a body that could not be decoded; the connection is closed after the answer."""
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
