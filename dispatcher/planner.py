@@ -8,15 +8,14 @@ rescheduled together, so cohorts stay aligned from one cycle to the next.
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
-from paxyo.leases import lease_free, still_open
+from paxyo.leases import lease, lease_free
 from paxyo.shard_policy import SHARD_SIZE
 from paxyo.statuses import StatusClass
 from paxyo.store.engine import transactional
@@ -62,13 +61,8 @@ def top_up(engine: Engine, provider: str, now: datetime, window: float, count: i
 def _lease_one(conn: Connection, provider: str, order_ids: list[int], now: datetime,
                until: datetime) -> Shard | None:
     """Lease the still-free orders among ``order_ids`` under a new token."""
-    token = uuid.uuid4().hex
-    conn.execute(update(orders)
-                 .where(and_(orders.c.id.in_(order_ids), still_open(), lease_free(now)))
-                 .values(lease_until=until, lease_token=token))
-    leased = [r.id for r in conn.execute(
-        select(orders.c.id).where(orders.c.lease_token == token).order_by(orders.c.id))]
-    return Shard(provider, tuple(leased), token) if leased else None
+    token, leased = lease(conn, order_ids, now, until)
+    return Shard(provider, leased, token) if leased else None
 
 
 def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_seconds: float,

@@ -8,7 +8,8 @@ never released (a killed worker) expires, and a later shard takes the orders aga
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Engine, or_, select, update
@@ -33,6 +34,18 @@ def still_open() -> ColumnElement[bool]:
     (100k rows per 100-order shard), holding the write lock meanwhile.
     """
     return (orders.c.status_class + "") == OPEN
+
+
+def lease(conn: Connection, order_ids: Sequence[int], now: datetime,
+          until: datetime) -> tuple[str, tuple[int, ...]]:
+    """Lease the still-open, still-free orders among ``order_ids`` under a new token, in the
+    caller's transaction. Returns the token and the leased ids (ascending; maybe none)."""
+    token = uuid.uuid4().hex
+    conn.execute(update(orders)
+                 .where(orders.c.id.in_(order_ids), still_open(), lease_free(now))
+                 .values(lease_until=until, lease_token=token))
+    return token, tuple(r.id for r in conn.execute(
+        select(orders.c.id).where(orders.c.lease_token == token).order_by(orders.c.id)))
 
 
 def releaser(token: str) -> Callable[[Connection], object]:

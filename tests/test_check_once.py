@@ -1,6 +1,5 @@
 """`paxyo check-once` against the real simulator: the seed's lines, exact refunds, idempotent."""
 
-import asyncio
 import os
 import re
 import subprocess
@@ -9,13 +8,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import redis
+from sqlalchemy import select
 
 from paxyo.accounts import deposit, get_balance
 from paxyo.cli.check_once import run_cycle
 from paxyo.keys import Keys
 from paxyo.ledger import ledger_mismatches
 from paxyo.orders import NewOrder, get_order, place_order
+from paxyo.settings import ProviderConfig
 from paxyo.store.engine import open_engine
+from paxyo.store.schema import orders
 
 ROOT = Path(__file__).resolve().parents[1]
 STAMP = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\]"
@@ -29,7 +31,7 @@ def place(engine, oid, user, pid, charge="10.00", quantity=1000):
 
 def cycle(settings, engine):
     lines: list[str] = []
-    summary = asyncio.run(run_cycle(settings, engine, emit=lines.append))
+    summary = run_cycle(settings, emit=lines.append)
     return summary, lines
 
 
@@ -103,3 +105,41 @@ def test_cli_check_once_twice_at_the_same_time_never_double_credits(settings, en
     check = open_engine(settings.database_url)
     assert get_order(check, 1, 2)["refunded"] == "2.50"
     check.dispose()
+
+
+def test_a_failed_provider_is_reported_and_the_others_are_still_checked(settings, engine,
+                                                                         simulator):
+    down = ProviderConfig("down", "http://127.0.0.1:1/api/v2", "k")
+    settings = settings.with_overrides(providers={**settings.providers, "down": down},
+                                       provider_attempts=1)
+    deposit(engine, 111, D("50.00"), "p1", 2)
+    place(engine, 1, 111, 9001)
+    place_order(engine, NewOrder(2, 111, "down", "9002", 1000, D("10.00")),
+                decimals=2, poll_interval=30)
+    simulator.set_order(9001, status="Canceled", remains=1000)
+
+    summary, lines = cycle(settings, engine)
+
+    assert summary.failed_providers == ["down"]
+    assert "REFUND: $10.00 for Order #1 (Canceled)" in lines
+    assert re.fullmatch(STAMP + r" Complete: Checked 1 users, 1 orders updated", lines[-1])
+    with engine.connect() as conn:  # the failed shard's order is released, to be tried later
+        row = conn.execute(select(orders).where(orders.c.id == 2)).one()
+    assert row.status_class == "open" and row.lease_token is None
+
+
+def test_check_once_keeps_to_the_providers_rate_limit(settings, engine, simulator):
+    settings = settings.with_overrides(provider_rate_limit_per_min=1)
+    deposit(engine, 111, D("1500.00"), "p1", 2)
+    for oid in range(1, 151):  # two shards: the second one would exceed 1 call per minute
+        place(engine, oid, 111, 9000 + oid)
+        simulator.set_order(9000 + oid, status="Canceled", remains=1000)
+
+    summary, lines = cycle(settings, engine)
+
+    assert simulator.stats()["status_requests"] == 1
+    assert summary.held_back == {"sim": "rate limited"} and summary.updated == 100
+    assert "  User 111: 100 orders updated" in lines
+    with engine.connect() as conn:
+        held = conn.execute(select(orders.c.lease_token).where(orders.c.id > 100)).all()
+    assert held and all(token is None for (token,) in held)

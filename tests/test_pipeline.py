@@ -61,37 +61,6 @@ def queued_settings(settings, redis_prefix):
     return settings.with_overrides(queue_name=f"{redis_prefix}-q")
 
 
-def test_planner_cuts_provider_shards_of_at_most_100_and_leases_them(engine):
-    seed(engine, 250)
-    seed(engine, 30, user=222, provider="other", start=1000)
-    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
-    sizes = sorted((s.provider, len(s.order_ids)) for s in shards)
-    assert sizes == [("other", 30), ("sim", 50), ("sim", 100), ("sim", 100)]
-    # leased: a second planner (another dispatcher) gets nothing
-    assert plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60) == []
-    ids = [i for s in shards for i in s.order_ids]
-    assert len(ids) == len(set(ids)) == 280
-
-
-def test_planner_tops_up_a_part_full_shard_with_soon_due_orders(engine):
-    seed(engine, 150)
-    with engine.begin() as conn:  # 20 due now, the rest due within the batching window
-        conn.execute(update(orders).where(orders.c.id > 20)
-                     .values(next_check_at=utcnow() + timedelta(seconds=5)))
-    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
-    assert [len(s.order_ids) for s in shards] == [100]
-
-
-def test_an_expired_lease_is_taken_again(engine):
-    seed(engine, 10)
-    first = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
-    assert len(first) == 1
-    later = utcnow() + timedelta(seconds=61)
-    again = plan_shards(engine, now=later, poll_interval=30, lease_seconds=60)
-    assert [len(s.order_ids) for s in again] == [10]
-    assert again[0].token != first[0].token
-
-
 def test_only_one_dispatcher_leads_and_a_standby_takes_over(redis_url, redis_prefix):
     client = redis.Redis.from_url(redis_url)
     keys = Keys(redis_prefix)
@@ -147,15 +116,6 @@ def test_rerunning_a_finished_shard_changes_nothing(queued_settings, engine, sim
         ctx.close()
     assert first["changed"] == 5 and again["checked"] == 0
     assert get_balance(engine, 111) == D("50.00")
-
-
-def test_planner_takes_the_most_overdue_first_when_room_is_short(engine):
-    seed(engine, 300)
-    with engine.begin() as conn:  # orders 201..300 are the most overdue
-        conn.execute(update(orders).where(orders.c.id > 200)
-                     .values(next_check_at=utcnow() - timedelta(seconds=60)))
-    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60, max_shards=1)
-    assert [sorted(s.order_ids) for s in shards] == [list(range(201, 301))]
 
 
 def test_dispatcher_keeps_the_queue_short_when_workers_fall_behind(queued_settings, engine):

@@ -25,13 +25,19 @@ log = logging.getLogger("paxyo.workers")
 refund_log = logging.getLogger("paxyo.refunds")
 
 def check_shard(provider: str, order_ids: Sequence[int], token: str) -> dict[str, Any]:
-    """Entry point RQ calls (by dotted path ``workers.jobs.check_shard``)."""
-    return run_shard(current_context(), provider, tuple(order_ids), token)
+    """Entry point RQ calls (by dotted path ``workers.jobs.check_shard``).
+
+    RQ stores the returned dict; the in-process ``report`` is left out of it."""
+    result = run_shard(current_context(), provider, tuple(order_ids), token)
+    result.pop("report", None)
+    return result
 
 
 def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
               token: str) -> dict[str, Any]:
-    """claim → (held back?) → ask the provider → apply → publish → release."""
+    """claim → (held back?) → ask the provider → apply → publish → release.
+
+    Returns counts, plus the whole ``report`` (its changes) when the provider was asked."""
     settings = ctx.settings
     refs = claim(ctx.engine, token, order_ids, utcnow(), running_lease_seconds(settings))
     if not refs:
@@ -50,7 +56,7 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
     _log_changes(report.changes)
     _publish(ctx, [c.event.outbox_id for c in report.changes])
     return {"provider": provider, "checked": report.checked, "changed": len(report.changes),
-            "no_answer": report.no_answer, "unknown": report.unknown}
+            "no_answer": report.no_answer, "unknown": report.unknown, "report": report}
 
 
 def _held_back(ctx: WorkerContext, provider: str, token: str) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -39,7 +38,6 @@ def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_check_once(args: argparse.Namespace, settings: Settings) -> int:
     from paxyo.cli.check_once import run_cycle
-    from paxyo.store.engine import open_engine
     from paxyo.store.migrate import MigrationError, upgrade
 
     settings.require_providers()
@@ -48,11 +46,7 @@ def cmd_check_once(args: argparse.Namespace, settings: Settings) -> int:
     except MigrationError as exc:
         print(f"paxyo check-once: {exc}", file=sys.stderr)
         return 1
-    engine = open_engine(settings.database_url)
-    try:
-        summary = asyncio.run(run_cycle(settings, engine, emit=_print_flush))
-    finally:
-        engine.dispose()
+    summary = run_cycle(settings, emit=_print_flush)
     return 1 if summary.failed_providers else 0
 
 

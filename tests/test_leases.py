@@ -1,0 +1,94 @@
+"""paxyo.leases on a fixed clock: lease, claim, defer, release; every call names its ``now``."""
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select, update
+
+from paxyo.accounts import deposit
+from paxyo.leases import claim, defer, lease, releaser
+from paxyo.orders import NewOrder, place_order
+from paxyo.store.engine import transactional
+from paxyo.store.schema import orders
+
+NOW = datetime(2026, 11, 30, 12, 0, 0)
+UNTIL = NOW + timedelta(seconds=60)
+D = Decimal
+
+
+@pytest.fixture
+def ten(engine):
+    deposit(engine, 111, D("100.00"), "seed", 2)
+    for oid in range(1, 11):
+        place_order(engine, NewOrder(oid, 111, "sim", str(500 + oid), 1000, D("10.00")),
+                    decimals=2, poll_interval=30)
+    return engine
+
+
+def take(engine, ids, now=NOW, until=UNTIL):
+    return transactional(engine, lambda conn: lease(conn, list(ids), now, until))
+
+
+def rows(engine):
+    with engine.connect() as conn:
+        return {r.id: r for r in conn.execute(select(orders).order_by(orders.c.id))}
+
+
+def test_lease_takes_only_free_open_orders_under_a_new_token(ten):
+    with ten.begin() as conn:
+        conn.execute(update(orders).where(orders.c.id == 3).values(status_class="completed"))
+    token, leased = take(ten, range(1, 6))
+    assert leased == (1, 2, 4, 5)
+    other, again = take(ten, range(1, 8))
+    assert again == (6, 7) and other != token
+    state = rows(ten)
+    assert {state[i].lease_token for i in (1, 2, 4, 5)} == {token}
+    assert state[1].lease_until == UNTIL and state[3].lease_token is None
+
+
+def test_an_expired_lease_is_taken_again_and_a_live_one_is_not(ten):
+    token, _ = take(ten, range(1, 4))
+    assert take(ten, range(1, 4), now=UNTIL - timedelta(seconds=1))[1] == ()
+    later = UNTIL + timedelta(seconds=1)
+    other, leased = take(ten, range(1, 4), now=later, until=later + timedelta(seconds=60))
+    assert leased == (1, 2, 3) and other != token
+    assert claim(ten, token, (1, 2, 3), later, 60) == {}  # the old holder lost them
+
+
+def test_claim_extends_only_its_own_tokens_open_orders(ten):
+    mine, _ = take(ten, range(1, 4))
+    theirs, _ = take(ten, range(4, 7))
+    with ten.begin() as conn:
+        conn.execute(update(orders).where(orders.c.id == 3).values(status_class="canceled"))
+    at = NOW + timedelta(seconds=10)
+    refs = claim(ten, mine, tuple(range(1, 7)), at, 300)
+    assert refs == {1: "501", 2: "502"}  # not 3 (closed), not 4..6 (another token)
+    state = rows(ten)
+    assert state[1].lease_until == at + timedelta(seconds=300)
+    assert state[4].lease_until == UNTIL and state[4].lease_token == theirs
+    assert state[7].lease_token is None and state[7].lease_until is None
+
+
+def test_defer_releases_the_shard_and_reschedules_it(ten):
+    token, _ = take(ten, range(1, 4))
+    before = rows(ten)
+    due = NOW + timedelta(seconds=45)
+    defer(ten, token, due)
+    state = rows(ten)
+    for oid in (1, 2, 3):
+        assert (state[oid].lease_token, state[oid].lease_until) == (None, None)
+        assert state[oid].next_check_at == due
+    assert state[4].next_check_at == before[4].next_check_at
+    assert take(ten, range(1, 4))[1] == (1, 2, 3)
+
+
+def test_release_runs_in_the_callers_transaction(ten):
+    token, _ = take(ten, range(1, 4))
+    with pytest.raises(RuntimeError), ten.begin() as conn:
+        releaser(token)(conn)
+        raise RuntimeError("the apply step failed")
+    assert {rows(ten)[i].lease_token for i in (1, 2, 3)} == {token}  # rolled back with it
+    with ten.begin() as conn:
+        releaser(token)(conn)
+    assert {rows(ten)[i].lease_token for i in (1, 2, 3)} == {None}
