@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from monitoring.metrics import Metrics
+from monitoring.metrics import Metrics, process_metrics
 from paxyo.accounts import deposit
 from paxyo.cli.private_redis import PrivateRedis
 from paxyo.events import event_id
@@ -44,7 +44,7 @@ TIMEOUT = 5.0
 
 
 def gateway_app(settings: Settings) -> web.Application:
-    app = create_app(settings)
+    app = create_app(settings, process_metrics())
     if not any(r.resource is not None and r.resource.canonical == "/ws"
                for r in app.router.routes()):
         setup_websocket(app, settings)
@@ -637,7 +637,7 @@ def entry(n: int, stream_ms: int, user_id: int = 111) -> tuple[bytes, list[bytes
 
 
 def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
-    hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+    hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
     socket = FakeSocket()
     hub.subscribe(socket, 111).go_live(set())  # type: ignore[arg-type]
     hub.route([
@@ -652,7 +652,7 @@ def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
 
 def test_an_unsubscribed_socket_is_freed_without_the_cycle_collector() -> None:
     """Full collections are rare in the gateway (gc_policy): a closed socket must not wait."""
-    hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+    hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
     socket = FakeSocket()
     subscriber = hub.subscribe(socket, 111)  # type: ignore[arg-type]
     freed = weakref.ref(socket)
@@ -705,7 +705,7 @@ def test_hub_holds_live_events_during_replay_and_drops_what_replay_covered() -> 
     """Deterministic interleavings of replay and live routing, on the hub alone."""
 
     async def scenario() -> tuple[list[str], list[str]]:
-        hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+        hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
         resumed, fresh = FakeSocket(), FakeSocket()
         during = hub.subscribe(resumed, 111)  # type: ignore[arg-type]
         # Routed while the replay is being sent: 5 was in the history, 6 came after it.

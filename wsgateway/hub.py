@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, web
 from redis.exceptions import RedisError
 
-from monitoring.metrics import METRICS, Metrics
+from monitoring.metrics import Metrics
 from paxyo.keys import Keys
 from wsgateway.close_codes import CloseCode, reason
 from wsgateway.gc_policy import FullCollectionPolicy
@@ -239,7 +239,7 @@ class Subscriber:
 class Hub:
     """The process's event reader and the registry of its subscribers."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, metrics: Metrics = METRICS,
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, metrics: Metrics,
                  queue_size: int = HOLD_LIMIT, read_count: int = READ_COUNT,
                  block_ms: int = READ_BLOCK_MS, batch_wait: float = BATCH_WAIT,
                  heartbeat: float = HEARTBEAT) -> None:

@@ -22,7 +22,6 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 
-from monitoring.metrics import METRICS
 from paxyo.accounts import get_balance
 from paxyo.keys import Keys
 from paxyo.money import ZERO, format_money
@@ -33,7 +32,7 @@ from wsgateway.close_codes import CloseCode, reason
 from wsgateway.history import Replay, read_replay
 from wsgateway.hub import Hub, HubWebSocket, Subscriber
 from wsgateway.responses import error_response
-from wsgateway.state import ENGINE, REDIS, run_blocking
+from wsgateway.state import ENGINE, METRICS, REDIS, run_blocking
 
 log = logging.getLogger("wsgateway.ws")
 
@@ -91,13 +90,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return error_response(400, "expected a WebSocket upgrade")
     await ws.prepare(request)
     subscriber = request.app[HUB].subscribe(ws, user_id)
-    METRICS.gateway_connections.inc()
+    request.app[METRICS].gateway_connections.inc()
     try:
         if await _greet(request, subscriber, last_id):
             await _read_until_closed(ws, subscriber)
     finally:
         request.app[HUB].unsubscribe(subscriber)
-        METRICS.gateway_connections.dec()
+        request.app[METRICS].gateway_connections.dec()
     return ws
 
 
@@ -131,7 +130,7 @@ async def _greet(request: web.Request, subscriber: Subscriber, last_id: str | No
         await ws.send_str(_hello(user_id, balance, replay, settings.money_decimals))
         for _, payload in replay.events:
             await ws.send_str(payload.decode())
-            METRICS.events_delivered.inc()
+            request.app[METRICS].events_delivered.inc()
     except ConnectionError:
         return False
     subscriber.go_live(replay.replayed_ids, replay.stream_end)
@@ -167,8 +166,8 @@ async def _run_hub(app: web.Application) -> AsyncIterator[None]:
     # The hub's stream reader takes its connection settings (URL, TLS, auth) from this client.
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
                                      socket_timeout=HUB_REDIS_TIMEOUT)
-    hub = Hub(client, Keys(settings.redis_prefix), queue_size=hub_module.HOLD_LIMIT,
-              heartbeat=hub_module.HEARTBEAT)
+    hub = Hub(client, Keys(settings.redis_prefix), metrics=app[METRICS],
+              queue_size=hub_module.HOLD_LIMIT, heartbeat=hub_module.HEARTBEAT)
     app[HUB] = hub
     await hub.start()
     _freeze_gc()
