@@ -38,22 +38,22 @@ from wsgateway import hub as hub_module
 from wsgateway.app import create_app
 from wsgateway.auth import mint_token
 from wsgateway.close_codes import CloseCode, should_reconnect
-from wsgateway.ws import setup_websocket
+from wsgateway.ws import WsOptions, setup_websocket
 
 TIMEOUT = 5.0
 
 
-def gateway_app(settings: Settings) -> web.Application:
-    app = create_app(settings, process_metrics())
+def gateway_app(settings: Settings, options: WsOptions | None = None) -> web.Application:
+    app = create_app(settings, process_metrics(), ws_options=options)
     if not any(r.resource is not None and r.resource.canonical == "/ws"
                for r in app.router.routes()):
-        setup_websocket(app, settings)
+        setup_websocket(app, settings, options)
     return app
 
 
 @contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[ServerThread]:
-    server = ServerThread(lambda: gateway_app(settings))
+def serve(settings: Settings, options: WsOptions | None = None) -> Iterator[ServerThread]:
+    server = ServerThread(lambda: gateway_app(settings, options))
     server.start()
     try:
         yield server
@@ -346,12 +346,11 @@ def test_two_gateways_and_a_client_moving_between_them(
 # -- slow clients, heartbeat, shutdown -----------------------------------------------------------
 
 def test_slow_client_is_closed_with_4008_while_others_keep_receiving(
-        settings: Settings, publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "WRITE_BUFFER_LIMIT", 16 * 1024)
+        settings: Settings, publisher: Publisher) -> None:
     keys = publisher.keys
     big = b"x" * 256 * 1024
 
-    with serve(settings) as server:
+    with serve(settings, WsOptions(write_buffer_limit=16 * 1024)) as server:
 
         async def scenario() -> None:
             async with aiohttp.ClientSession() as session:
@@ -399,10 +398,8 @@ def test_ping_is_answered_and_other_messages_ignored(
 
 
 def test_heartbeat_drops_a_silent_peer_and_keeps_one_that_answers(
-        settings: Settings, publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "HEARTBEAT", 0.5)
-
-    with serve(settings) as server:
+        settings: Settings, publisher: Publisher) -> None:
+    with serve(settings, WsOptions(heartbeat=0.5)) as server:
 
         async def scenario() -> None:
             async with aiohttp.ClientSession() as session:
@@ -432,13 +429,12 @@ def test_heartbeat_drops_a_silent_peer_and_keeps_one_that_answers(
 
 
 def test_live_events_flow_again_after_a_redis_restart(
-        settings: Settings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "BACKOFF_MAX", 0.5)
+        settings: Settings, tmp_path: Any) -> None:
     server = PrivateRedis(free_port(), persist_dir=tmp_path / "redis")
     local = dataclasses.replace(settings, redis_url=server.start())
     publisher = Publisher(local)
     try:
-        with serve(local) as gateway:
+        with serve(local, WsOptions(backoff_max=0.5)) as gateway:
 
             async def scenario() -> None:
                 async with aiohttp.ClientSession() as session, \

@@ -21,7 +21,7 @@ from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
 from wsgateway import auth, health, http_api
 from wsgateway.state import ENGINE, EXECUTOR, METRICS, REDIS, RELAY, SETTINGS
-from wsgateway.ws import setup_websocket
+from wsgateway.ws import WsOptions, setup_websocket
 
 log = logging.getLogger("wsgateway")
 
@@ -34,17 +34,18 @@ REDIS_POOL_WAIT = 5.0  # seconds a request may wait for a pooled Redis connectio
 
 def create_app(settings: Settings, metrics: Metrics, *, engine: Engine | None = None,
                extend: Callable[[web.Application, Settings], None] | None = None,
-               ) -> web.Application:
+               ws_options: WsOptions | None = None) -> web.Application:
     """The web process's application, recording into ``metrics`` (the process's own); pass
     ``engine`` to share one (the caller disposes it).
 
-    ``extend(app, settings)`` adds routes of the caller's own (``paxyo demo``'s page).
+    ``extend(app, settings)`` adds routes of the caller's own (``paxyo demo``'s page);
+    ``ws_options`` tunes /ws and its hub (defaults when None).
     """
     app = web.Application(middlewares=[http_api.error_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app.cleanup_ctx.append(functools.partial(_resources, engine=engine))
-    setup_websocket(app, settings)  # after _resources: /ws uses its Redis and engine
+    setup_websocket(app, settings, ws_options)  # after _resources: /ws uses its Redis and engine
     health.add_routes(app)
     app.add_subapp("/v1", http_api.create_api())
     if extend is not None:

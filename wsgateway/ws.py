@@ -15,6 +15,7 @@ import gc
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -45,19 +46,33 @@ PONG = '{"type":"pong"}'
 # digits included, which str.isdigit() accepts, is refused before it reaches the history.
 _EVENT_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
 
+
+
+@dataclass(frozen=True)
+class WsOptions:
+    """Tunables of /ws and its hub (defaults for production; tests shorten them)."""
+
+    hold_limit: int = hub_module.HOLD_LIMIT  # live events held per socket during its replay
+    heartbeat: float = hub_module.HEARTBEAT  # seconds between pings
+    write_buffer_limit: int = hub_module.WRITE_BUFFER_LIMIT  # unsent bytes before 4008
+    backoff_max: float = hub_module.BACKOFF_MAX  # longest wait between stream read retries
+    freeze_gc: bool = True  # gc.freeze() the start-up objects once the hub runs (once a process)
+
+
 HUB = web.AppKey("ws_hub", Hub)
 WS_SETTINGS = web.AppKey("ws_settings", Settings)
+WS_OPTIONS = web.AppKey("ws_options", WsOptions)
 SCRIPT = web.AppKey("ws_client_script", bytes)
 
-_gc_frozen = False
 
-
-def setup_websocket(app: web.Application, settings: Settings) -> None:
+def setup_websocket(app: web.Application, settings: Settings,
+                    options: WsOptions | None = None) -> None:
     """Add /ws and /paxyo-realtime.js, the hub's reader and the closing of sockets on shutdown.
 
     Call after the app's resources (engine, Redis) are registered: the handler uses them.
     """
     app[WS_SETTINGS] = settings
+    app[WS_OPTIONS] = options or WsOptions()
     app[SCRIPT] = SCRIPT_PATH.read_bytes()
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/paxyo-realtime.js", client_script)
@@ -162,15 +177,17 @@ async def _read_until_closed(ws: web.WebSocketResponse, subscriber: Subscriber) 
 
 
 async def _run_hub(app: web.Application) -> AsyncIterator[None]:
-    settings = app[WS_SETTINGS]
+    settings, options = app[WS_SETTINGS], app[WS_OPTIONS]
     # The hub's stream reader takes its connection settings (URL, TLS, auth) from this client.
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
                                      socket_timeout=HUB_REDIS_TIMEOUT)
     hub = Hub(client, Keys(settings.redis_prefix), metrics=app[METRICS],
-              queue_size=hub_module.HOLD_LIMIT, heartbeat=hub_module.HEARTBEAT)
+              queue_size=options.hold_limit, heartbeat=options.heartbeat,
+              write_buffer_limit=options.write_buffer_limit, backoff_max=options.backoff_max)
     app[HUB] = hub
     await hub.start()
-    _freeze_gc()
+    if options.freeze_gc:
+        _freeze_gc()
     try:
         yield
     finally:
@@ -189,12 +206,13 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 def _freeze_gc() -> None:
-    """Move start-up objects out of the collector's way (perf-notes: full GCs make the tail)."""
-    global _gc_frozen
-    if not _gc_frozen:
+    """Move start-up objects out of the collector's way (perf-notes: full GCs make the tail).
+
+    Once a process: the interpreter's own count of frozen objects says whether it was done.
+    """
+    if gc.get_freeze_count() == 0:
         gc.collect()
         gc.freeze()
-        _gc_frozen = True
 
 
-__all__ = ["HUB", "setup_websocket", "websocket_handler"]
+__all__ = ["HUB", "WsOptions", "setup_websocket", "websocket_handler"]
