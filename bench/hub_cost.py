@@ -91,6 +91,7 @@ async def route_batches(users: int, batches: int, rounds: int) -> None:
     import hiredis
     import orjson
 
+    from monitoring.metrics import process_metrics
     from paxyo.keys import Keys
     from wsgateway.hub import Hub
 
@@ -104,7 +105,7 @@ async def route_batches(users: int, batches: int, rounds: int) -> None:
             self._req = type("Request", (), {"transport": transport})()
 
     loop = asyncio.get_running_loop()
-    hub = Hub(None, Keys("bench"))  # type: ignore[arg-type]
+    hub = Hub(None, Keys("bench"), metrics=process_metrics())  # type: ignore[arg-type]
     peers = []  # kept open, unread: each gets about 6 KB per round
     for user in range(users):
         ours, theirs = socket.socketpair()

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher.leader import LeaderLock
 from dispatcher.planner import Shard, plan_shards
-from monitoring.metrics import METRICS, REGISTRY, Metrics
+from monitoring.metrics import Metrics
 from monitoring.push import MetricsPusher, serve_process_metrics
 from paxyo.clock import utcnow
 from paxyo.keys import Keys
@@ -35,7 +35,7 @@ MIN_QUEUED = 50
 
 class Dispatcher:
     def __init__(self, settings: Settings, engine: Engine, client: redis.Redis,
-                 metrics: Metrics = METRICS) -> None:
+                 metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.engine = engine
@@ -100,18 +100,20 @@ class Dispatcher:
                  sum(len(s.order_ids) for s in shards))
 
 
-def run_dispatcher(settings: Settings, *, stop: threading.Event | None = None) -> None:
+def run_dispatcher(settings: Settings, metrics: Metrics, *,
+                   stop: threading.Event | None = None) -> None:
+    """Lead (or stand by) until SIGTERM, SIGINT or ``stop``, recording into ``metrics``."""
     stop = stop or threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     engine = open_engine(settings.database_url)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
                                   socket_connect_timeout=5)
-    dispatcher = Dispatcher(settings, engine, client)
+    dispatcher = Dispatcher(settings, engine, client, metrics)
     log.info("dispatcher %s started (poll interval %ss)", dispatcher.lock.identity[:8],
              settings.poll_interval)
-    pusher = MetricsPusher(REGISTRY, client, dispatcher.keys, "dispatcher").start()
-    serve_process_metrics(REGISTRY, settings.metrics_port)
+    pusher = MetricsPusher(metrics.registry, client, dispatcher.keys, "dispatcher").start()
+    serve_process_metrics(metrics.registry, settings.metrics_port)
     try:
         while not stop.is_set():
             started = time.monotonic()

@@ -16,14 +16,16 @@ from monitoring.batched_histogram import BatchedHistogram
 from paxyo.observations import ApplyReport
 from paxyo.statuses import normalise_status
 
-REGISTRY = CollectorRegistry(auto_describe=True)
-
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5)
 
 
 class Metrics:
-    """All metrics of one process, registered on one registry (tests pass a fresh one)."""
+    """All metrics of one process, registered on one registry.
+
+    Each process builds its own at its entry point (:func:`process_metrics`) and passes it
+    down; there is no module-level registry.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -103,4 +105,6 @@ class Metrics:
                 self.refund_amount.labels(kind).inc(float(change.refund))
 
 
-METRICS = Metrics(REGISTRY)
+def process_metrics() -> Metrics:
+    """A new registry and its metrics, for the process an entry point is starting."""
+    return Metrics(CollectorRegistry(auto_describe=True))

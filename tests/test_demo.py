@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis
 
+from monitoring.metrics import process_metrics
 from paxyo.accounts import deposit
 from paxyo.cli.demo_web import setup_demo
 from paxyo.keys import Keys
@@ -69,7 +70,7 @@ def _settings(sqlite_url: str, redis_url: str, redis_prefix: str, simulator: Sim
 
 
 def _serve(settings: Settings, simulator: SimulatorHandle) -> Iterator[Demo]:
-    server = ServerThread(lambda: create_app(settings, extend=setup_demo))
+    server = ServerThread(lambda: create_app(settings, process_metrics(), extend=setup_demo))
     server.start()
     try:
         yield Demo(server.url, simulator)

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import redis
 
+from monitoring.metrics import process_metrics
 from paxyo.keys import Keys
 from paxyo.settings import Settings
 from tests.support import ServerThread, free_port, http_json
@@ -53,7 +54,7 @@ class Api:
 
 
 def _serve(settings: Settings) -> Iterator[Api]:
-    server = ServerThread(lambda: create_app(settings))
+    server = ServerThread(lambda: create_app(settings, process_metrics()))
     server.start()
     try:
         yield Api(server.url)

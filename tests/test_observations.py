@@ -89,6 +89,7 @@ def test_a_change_that_fails_is_set_aside_and_the_rest_commit(any_engine):
 
 def test_a_stored_id_with_commas_is_never_sent_and_the_call_carries_at_most_100_ids(
         queued_settings, engine, simulator):
+    from monitoring.metrics import process_metrics
     from workers.context import build_context
     from workers.jobs import run_shard
 
@@ -102,7 +103,7 @@ def test_a_stored_id_with_commas_is_never_sent_and_the_call_carries_at_most_100_
     for oid in range(2, 101):
         simulator.set_order(7000 + oid, status="Canceled", remains=0)
     [shard] = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
-    ctx = build_context(queued_settings)
+    ctx = build_context(queued_settings, process_metrics())
     try:
         result = run_shard(ctx, "sim", shard.order_ids, shard.token)
     finally:

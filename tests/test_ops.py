@@ -114,11 +114,12 @@ def test_failed_list_and_requeue(ops_settings, client, capsys, cli_env):
 
 
 def test_readyz_fails_when_the_database_is_unreachable(settings, tmp_path):
+    from monitoring.metrics import process_metrics
     from wsgateway.app import create_app
 
     broken = settings.with_overrides(
         database_url=f"sqlite:///{tmp_path / 'missing-dir' / 'nope.db'}")
-    server = ServerThread(lambda: create_app(broken))
+    server = ServerThread(lambda: create_app(broken, process_metrics()))
     server.start()
     try:
         status, body = http_json("GET", server.url + "/readyz")

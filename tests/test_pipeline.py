@@ -16,6 +16,7 @@ from sqlalchemy import update
 from dispatcher.leader import LeaderLock
 from dispatcher.loop import Dispatcher
 from dispatcher.planner import plan_shards
+from monitoring.metrics import process_metrics
 from paxyo.accounts import deposit, get_balance
 from paxyo.clock import utcnow
 from paxyo.keys import Keys
@@ -82,7 +83,7 @@ def test_dispatch_and_worker_apply_refunds_and_publish(queued_settings, engine, 
             ("In progress", 500)
         simulator.set_order(70000 + oid, status=status[0], remains=status[1])
     client = redis.Redis.from_url(settings.redis_url)
-    dispatcher = Dispatcher(settings, engine, client)
+    dispatcher = Dispatcher(settings, engine, client, process_metrics())
     shards = dispatcher.tick()
     assert [len(s.order_ids) for s in shards] == [100, 20]
     assert Queue(settings.queue_name, connection=client).count == 2
@@ -108,7 +109,7 @@ def test_rerunning_a_finished_shard_changes_nothing(queued_settings, engine, sim
     for oid in range(1, 6):
         simulator.set_order(70000 + oid, status="Canceled", remains=0)
     shard = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)[0]
-    ctx = build_context(queued_settings)
+    ctx = build_context(queued_settings, process_metrics())
     try:
         first = run_shard(ctx, "sim", shard.order_ids, shard.token)
         again = run_shard(ctx, "sim", shard.order_ids, shard.token)
@@ -123,7 +124,7 @@ def test_dispatcher_keeps_the_queue_short_when_workers_fall_behind(queued_settin
 
     seed(engine, 1000)
     client = redis.Redis.from_url(queued_settings.redis_url)
-    dispatcher = Dispatcher(queued_settings, engine, client)
+    dispatcher = Dispatcher(queued_settings, engine, client, process_metrics())
     first = dispatcher.tick()  # no worker is running: only MIN_QUEUED shards may wait
     assert len(first) == min(10, loop.MIN_QUEUED)
     assert dispatcher.tick() == []  # room left, but nothing else is due

@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 
 from paxyo.cli.private_redis import PrivateRedis
 from tests.support import free_port, unavailable
-from wsgateway import stream_tail
 from wsgateway.stream_tail import StreamTail, StreamTailError
 
 TIMEOUT = 5.0
@@ -118,14 +117,13 @@ def test_a_killed_connection_ends_follow(redis_url: str, stream_key: str) -> Non
     asyncio.run(scenario())
 
 
-def test_a_redis_that_stops_answering_is_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stream_tail, "REPLY_GRACE", 0.3)
-    monkeypatch.setattr(stream_tail, "WATCHDOG_EVERY", 0.05)
+def test_a_redis_that_stops_answering_is_noticed() -> None:
     server = PrivateRedis(free_port())  # paused below: not the shared one
     url = server.start()
     try:
         async def scenario() -> None:
-            tail = StreamTail("events", Collector(), count=10, block_ms=100, batch_wait=0.01)
+            tail = StreamTail("events", Collector(), count=10, block_ms=100, batch_wait=0.01,
+                              reply_grace=0.3, watchdog_every=0.05)
             task, pool = await _follow_in_background(tail, url, "0-0")
             await asyncio.sleep(0.3)
             assert not task.done()

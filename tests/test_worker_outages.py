@@ -20,6 +20,7 @@ import redis
 import sqlalchemy as sa
 
 from dispatcher.loop import Dispatcher
+from monitoring.metrics import process_metrics
 from paxyo.accounts import deposit
 from paxyo.cli.private_redis import PrivateRedis
 from paxyo.clock import utcnow
@@ -99,7 +100,7 @@ class Rig:
                          .values(next_check_at=utcnow() - timedelta(seconds=1)))
         client = redis.Redis.from_url(self.redis.url)
         try:
-            shards = Dispatcher(self.settings, self.engine, client).tick()
+            shards = Dispatcher(self.settings, self.engine, client, process_metrics()).tick()
         finally:
             client.close()
         assert set(ids) <= {i for s in shards for i in s.order_ids}  # (topped up with others)

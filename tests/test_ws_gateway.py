@@ -25,7 +25,7 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
-from monitoring.metrics import Metrics
+from monitoring.metrics import Metrics, process_metrics
 from paxyo.accounts import deposit
 from paxyo.cli.private_redis import PrivateRedis
 from paxyo.events import event_id
@@ -38,22 +38,22 @@ from wsgateway import hub as hub_module
 from wsgateway.app import create_app
 from wsgateway.auth import mint_token
 from wsgateway.close_codes import CloseCode, should_reconnect
-from wsgateway.ws import setup_websocket
+from wsgateway.ws import WsOptions, setup_websocket
 
 TIMEOUT = 5.0
 
 
-def gateway_app(settings: Settings) -> web.Application:
-    app = create_app(settings)
+def gateway_app(settings: Settings, options: WsOptions | None = None) -> web.Application:
+    app = create_app(settings, process_metrics(), ws_options=options)
     if not any(r.resource is not None and r.resource.canonical == "/ws"
                for r in app.router.routes()):
-        setup_websocket(app, settings)
+        setup_websocket(app, settings, options)
     return app
 
 
 @contextlib.contextmanager
-def serve(settings: Settings) -> Iterator[ServerThread]:
-    server = ServerThread(lambda: gateway_app(settings))
+def serve(settings: Settings, options: WsOptions | None = None) -> Iterator[ServerThread]:
+    server = ServerThread(lambda: gateway_app(settings, options))
     server.start()
     try:
         yield server
@@ -346,12 +346,11 @@ def test_two_gateways_and_a_client_moving_between_them(
 # -- slow clients, heartbeat, shutdown -----------------------------------------------------------
 
 def test_slow_client_is_closed_with_4008_while_others_keep_receiving(
-        settings: Settings, publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "WRITE_BUFFER_LIMIT", 16 * 1024)
+        settings: Settings, publisher: Publisher) -> None:
     keys = publisher.keys
     big = b"x" * 256 * 1024
 
-    with serve(settings) as server:
+    with serve(settings, WsOptions(write_buffer_limit=16 * 1024)) as server:
 
         async def scenario() -> None:
             async with aiohttp.ClientSession() as session:
@@ -399,10 +398,8 @@ def test_ping_is_answered_and_other_messages_ignored(
 
 
 def test_heartbeat_drops_a_silent_peer_and_keeps_one_that_answers(
-        settings: Settings, publisher: Publisher, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "HEARTBEAT", 0.5)
-
-    with serve(settings) as server:
+        settings: Settings, publisher: Publisher) -> None:
+    with serve(settings, WsOptions(heartbeat=0.5)) as server:
 
         async def scenario() -> None:
             async with aiohttp.ClientSession() as session:
@@ -432,13 +429,12 @@ def test_heartbeat_drops_a_silent_peer_and_keeps_one_that_answers(
 
 
 def test_live_events_flow_again_after_a_redis_restart(
-        settings: Settings, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub_module, "BACKOFF_MAX", 0.5)
+        settings: Settings, tmp_path: Any) -> None:
     server = PrivateRedis(free_port(), persist_dir=tmp_path / "redis")
     local = dataclasses.replace(settings, redis_url=server.start())
     publisher = Publisher(local)
     try:
-        with serve(local) as gateway:
+        with serve(local, WsOptions(backoff_max=0.5)) as gateway:
 
             async def scenario() -> None:
                 async with aiohttp.ClientSession() as session, \
@@ -637,7 +633,7 @@ def entry(n: int, stream_ms: int, user_id: int = 111) -> tuple[bytes, list[bytes
 
 
 def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
-    hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+    hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
     socket = FakeSocket()
     hub.subscribe(socket, 111).go_live(set())  # type: ignore[arg-type]
     hub.route([
@@ -652,7 +648,7 @@ def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
 
 def test_an_unsubscribed_socket_is_freed_without_the_cycle_collector() -> None:
     """Full collections are rare in the gateway (gc_policy): a closed socket must not wait."""
-    hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+    hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
     socket = FakeSocket()
     subscriber = hub.subscribe(socket, 111)  # type: ignore[arg-type]
     freed = weakref.ref(socket)
@@ -705,7 +701,7 @@ def test_hub_holds_live_events_during_replay_and_drops_what_replay_covered() -> 
     """Deterministic interleavings of replay and live routing, on the hub alone."""
 
     async def scenario() -> tuple[list[str], list[str]]:
-        hub = hub_module.Hub(None, Keys("unused"))  # type: ignore[arg-type]
+        hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
         resumed, fresh = FakeSocket(), FakeSocket()
         during = hub.subscribe(resumed, 111)  # type: ignore[arg-type]
         # Routed while the replay is being sent: 5 was in the history, 6 came after it.

@@ -1,4 +1,8 @@
-"""Per-process resources of a worker, built once and reused by jobs."""
+"""Per-process resources of a worker, built once by ``paxyo worker`` and reused by jobs.
+
+RQ calls a job by its dotted path with the arguments it stored; the worker hands the job its
+context in memory (:class:`ContextJob`), so nothing here is cached at module level.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import redis
+from rq.job import Job, get_current_job
 from sqlalchemy import Engine
 
-from monitoring.metrics import METRICS
+from monitoring.metrics import Metrics
 from paxyo.keys import Keys
 from paxyo.protection import CircuitBreaker, RateLimiter
 from paxyo.relay import OutboxRelay, RelayConfig
@@ -30,6 +35,7 @@ class WorkerContext:
     relay: OutboxRelay
     limiter: RateLimiter
     breaker: CircuitBreaker
+    metrics: Metrics
     # One event loop and HTTP session for the process's life: keep-alive connections to the
     # providers and no loop set-up per shard.
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
@@ -47,7 +53,7 @@ class WorkerContext:
             if self._session is None or self._session.closed:
                 self._session = self.run(_new_session())
             client = ProviderClient(self.settings.providers[name], self._session,
-                                    metrics=METRICS,
+                                    metrics=self.metrics,
                                     timeout=self.settings.provider_timeout,
                                     attempts=self.settings.provider_attempts)
             self._clients[name] = client
@@ -65,7 +71,7 @@ async def _new_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32, keepalive_timeout=30))
 
 
-def build_context(settings: Settings) -> WorkerContext:
+def build_context(settings: Settings, metrics: Metrics) -> WorkerContext:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
                                   socket_connect_timeout=5, health_check_interval=30)
     engine = open_engine(settings.database_url)
@@ -76,25 +82,24 @@ def build_context(settings: Settings) -> WorkerContext:
         redis=client,
         relay=OutboxRelay(engine, client, RelayConfig(keys, settings.history_size,
                                                       settings.history_ttl),
-                          on_published=METRICS.events_published.inc),
+                          on_published=metrics.events_published.inc),
         limiter=RateLimiter(client, keys, settings.provider_rate_limit_per_min),
         breaker=CircuitBreaker(client, keys),
+        metrics=metrics,
     )
 
 
-_current: WorkerContext | None = None
+class ContextJob(Job):
+    """An RQ job that carries, while a worker performs it, that worker's context (in memory
+    only: RQ stores a job's fields explicitly, never this attribute)."""
+
+    context: WorkerContext | None = None
 
 
-def install_context(ctx: WorkerContext | None) -> None:
-    """Make ``ctx`` the context this process's jobs run with (``paxyo worker`` installs the
-    one built from the settings its command line parsed); ``None`` forgets it."""
-    global _current
-    _current = ctx
-
-
-def current_context() -> WorkerContext:
-    """The installed context; one built from the environment when none was installed."""
-    global _current
-    if _current is None:
-        _current = build_context(Settings.from_env())
-    return _current
+def job_context() -> WorkerContext:
+    """The context of the worker performing the current job."""
+    job = get_current_job()
+    context = job.context if isinstance(job, ContextJob) else None
+    if context is None:
+        raise RuntimeError("this job runs only in a paxyo worker, which hands it its context")
+    return context

@@ -10,7 +10,6 @@ from typing import Any
 import redis
 from rq import get_current_job
 
-from monitoring.metrics import METRICS
 from paxyo.clock import utcnow
 from paxyo.leases import claim, defer, releaser
 from paxyo.limits import is_provider_order_id
@@ -19,16 +18,16 @@ from paxyo.shard_policy import running_lease_seconds
 from paxyo.status_entries import EntryError, StatusEntry
 from providers.client import ProviderUnavailable
 from providers.replies import ProviderErrorReply
-from workers.context import WorkerContext, current_context
+from workers.context import WorkerContext, job_context
 
 log = logging.getLogger("paxyo.workers")
 refund_log = logging.getLogger("paxyo.refunds")
 
 def check_shard(provider: str, order_ids: Sequence[int], token: str) -> dict[str, Any]:
-    """Entry point RQ calls (by dotted path ``workers.jobs.check_shard``).
+    """Entry point RQ calls (by dotted path ``workers.jobs.check_shard``) in a paxyo worker.
 
     RQ stores the returned dict; the in-process ``report`` is left out of it."""
-    result = run_shard(current_context(), provider, tuple(order_ids), token)
+    result = run_shard(job_context(), provider, tuple(order_ids), token)
     result.pop("report", None)
     return result
 
@@ -46,13 +45,13 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
     if reason:
         return {"provider": provider, "checked": 0, "skipped": reason}
     observed_at = utcnow()
-    ask = _ids_to_ask(provider, refs)
+    ask = _ids_to_ask(ctx, provider, refs)
     replies = _fetch(ctx, provider, token, ask) if ask else {}
     report = apply_observations(
         ctx.engine, provider, list(refs), replies, observed_at=observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval,
         release=releaser(token))
-    METRICS.count_applied(provider, report)
+    ctx.metrics.count_applied(provider, report)
     _log_changes(report.changes)
     _publish(ctx, [c.event.outbox_id for c in report.changes])
     return {"provider": provider, "checked": report.checked, "changed": len(report.changes),
@@ -78,7 +77,7 @@ def _held_back(ctx: WorkerContext, provider: str, token: str) -> str | None:
     return None
 
 
-def _ids_to_ask(provider: str, refs: dict[int, str]) -> list[str]:
+def _ids_to_ask(ctx: WorkerContext, provider: str, refs: dict[int, str]) -> list[str]:
     """The shard's provider ids, each once; an id that is not one valid id is never sent.
 
     Such an id (stored before ids were checked at the door, say "1,2") would smuggle more
@@ -88,7 +87,7 @@ def _ids_to_ask(provider: str, refs: dict[int, str]) -> list[str]:
     valid = [pid for pid in refs.values() if is_provider_order_id(pid)]
     invalid = len(refs) - len(valid)
     if invalid:
-        METRICS.provider_bad_entries.labels(provider, "invalid_id").inc(invalid)
+        ctx.metrics.provider_bad_entries.labels(provider, "invalid_id").inc(invalid)
         log.warning("provider %s: %d orders with an invalid provider order id not asked",
                     provider, invalid)
     return sorted(set(valid))

@@ -25,11 +25,11 @@ from rq.scheduler import RQScheduler
 from rq.utils import now
 from rq.worker import SimpleWorker
 
-from monitoring.metrics import REGISTRY
+from monitoring.metrics import Metrics
 from monitoring.push import MetricsPusher, serve_process_metrics
 from paxyo.keys import Keys
 from paxyo.settings import Settings
-from workers.context import build_context, install_context
+from workers.context import ContextJob, WorkerContext, build_context
 from workers.redis_outage import REDIS_DOWN, RedisOutage
 
 log = logging.getLogger("paxyo.workers")
@@ -91,11 +91,24 @@ class ShardWorker(SimpleWorker):
     """
 
     queue_class = ShardQueue
+    job_class = ContextJob
 
-    def __init__(self, *args: Any, outage: RedisOutage, redis_url: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, context: WorkerContext, outage: RedisOutage, redis_url: str,
+                 **kwargs: Any) -> None:
+        self.context = context
         self.outage = outage
         self.redis_url = redis_url
         super().__init__(*args, **kwargs)
+
+    def perform_job(self, job: Job, queue: Queue) -> bool:
+        """RQ's, with the job handed this worker's context (see workers.context.job_context)."""
+        if isinstance(job, ContextJob):
+            job.context = self.context
+        try:
+            return super().perform_job(job, queue)
+        finally:
+            if isinstance(job, ContextJob):
+                job.context = None
 
     # -- waiting Redis out ------------------------------------------------------------------
 
@@ -229,25 +242,25 @@ def _stop_before_work(signum: int, frame: object) -> None:
     raise StopRequested
 
 
-def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int | None = None) -> bool:
+def run_worker(settings: Settings, metrics: Metrics, *, burst: bool = False,
+               max_jobs: int | None = None) -> bool:
     settings.require_providers()
     # This process's context, from the settings the CLI parsed (not the environment's).
-    ctx = build_context(settings)
-    install_context(ctx)
+    ctx = build_context(settings, metrics)
     outage = RedisOutage(settings.redis_url, log)
     connection = redis.Redis.from_url(settings.redis_url)
-    serve_process_metrics(REGISTRY, settings.metrics_port)
+    serve_process_metrics(metrics.registry, settings.metrics_port)
     pusher: MetricsPusher | None = None
     # Until RQ installs its own handlers (once it is registered), SIGTERM or Ctrl-C ends a
     # wait for Redis at once.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop_before_work)
     try:
-        worker = _new_worker(settings, connection, outage)
+        worker = _new_worker(settings, connection, outage, ctx)
         log.info("worker %s on queue %s (%d providers)", worker.name, settings.queue_name,
                  len(ctx.settings.providers))
         # push this process's registry for web's /metrics (Redis answers by now)
-        pusher = MetricsPusher(REGISTRY, connection, Keys(settings.redis_prefix),
+        pusher = MetricsPusher(metrics.registry, connection, Keys(settings.redis_prefix),
                                "worker").start()
         return worker.work(burst=burst, with_scheduler=True, max_jobs=max_jobs,
                            logging_level="WARNING")
@@ -257,15 +270,15 @@ def run_worker(settings: Settings, *, burst: bool = False, max_jobs: int | None 
     finally:
         if pusher is not None:
             pusher.stop()
-        install_context(None)
         ctx.close()
         outage.close()
 
 
-def _new_worker(settings: Settings, connection: redis.Redis, outage: RedisOutage) -> ShardWorker:
+def _new_worker(settings: Settings, connection: redis.Redis, outage: RedisOutage,
+                context: WorkerContext) -> ShardWorker:
     while True:  # RQ's constructor already talks to Redis (CLIENT SETNAME)
         try:
             return ShardWorker([queue_for(settings, connection)], connection=connection,
-                               outage=outage, redis_url=settings.redis_url)
+                               context=context, outage=outage, redis_url=settings.redis_url)
         except REDIS_DOWN as exc:
             outage.wait(exc)

@@ -14,14 +14,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from sqlalchemy import Engine
 
-from monitoring.metrics import METRICS
+from monitoring.metrics import Metrics
 from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
 from wsgateway import auth, health, http_api
-from wsgateway.state import ENGINE, EXECUTOR, REDIS, RELAY, SETTINGS
-from wsgateway.ws import setup_websocket
+from wsgateway.state import ENGINE, EXECUTOR, METRICS, REDIS, RELAY, SETTINGS
+from wsgateway.ws import WsOptions, setup_websocket
 
 log = logging.getLogger("wsgateway")
 
@@ -32,17 +32,20 @@ REDIS_POOL_SIZE = 50
 REDIS_POOL_WAIT = 5.0  # seconds a request may wait for a pooled Redis connection
 
 
-def create_app(settings: Settings, *, engine: Engine | None = None,
+def create_app(settings: Settings, metrics: Metrics, *, engine: Engine | None = None,
                extend: Callable[[web.Application, Settings], None] | None = None,
-               ) -> web.Application:
-    """The web process's application; pass ``engine`` to share one (the caller disposes it).
+               ws_options: WsOptions | None = None) -> web.Application:
+    """The web process's application, recording into ``metrics`` (the process's own); pass
+    ``engine`` to share one (the caller disposes it).
 
-    ``extend(app, settings)`` adds routes of the caller's own (``paxyo demo``'s page).
+    ``extend(app, settings)`` adds routes of the caller's own (``paxyo demo``'s page);
+    ``ws_options`` tunes /ws and its hub (defaults when None).
     """
     app = web.Application(middlewares=[http_api.error_middleware])
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app.cleanup_ctx.append(functools.partial(_resources, engine=engine))
-    setup_websocket(app, settings)  # after _resources: /ws uses its Redis and engine
+    setup_websocket(app, settings, ws_options)  # after _resources: /ws uses its Redis and engine
     health.add_routes(app)
     app.add_subapp("/v1", http_api.create_api())
     if extend is not None:
@@ -67,7 +70,7 @@ async def _resources(app: web.Application, *, engine: Engine | None) -> AsyncIte
         socket_timeout=REDIS_SOCKET_TIMEOUT, retry=Retry(NoBackoff(), 1))
     app[RELAY] = OutboxRelay(app[ENGINE], sync_redis, RelayConfig(
         Keys(settings.redis_prefix), settings.history_size, settings.history_ttl),
-        on_published=METRICS.events_published.inc)
+        on_published=app[METRICS].events_published.inc)
     try:
         yield
     finally:

@@ -20,12 +20,11 @@ from redis.retry import Retry
 from sqlalchemy import Engine, text
 
 from monitoring.collectors import cluster_registry, render
-from monitoring.metrics import REGISTRY
 from monitoring.push import PUSH_INTERVAL, MetricsPusher
 from paxyo import ops
 from paxyo.keys import Keys
 from wsgateway.responses import json_response
-from wsgateway.state import ENGINE, REDIS, SETTINGS, run_blocking
+from wsgateway.state import ENGINE, METRICS, REDIS, SETTINGS, run_blocking
 from wsgateway.tasks import cancel_and_wait
 
 log = logging.getLogger("wsgateway.health")
@@ -77,7 +76,7 @@ async def _metrics_pusher(app: web.Application) -> AsyncIterator[None]:
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=METRICS_REDIS_TIMEOUT,
                                   socket_connect_timeout=METRICS_REDIS_TIMEOUT,
                                   retry=Retry(NoBackoff(), 1))
-    app[PUSHER] = pusher = MetricsPusher(REGISTRY, client, keys, "web")
+    app[PUSHER] = pusher = MetricsPusher(app[METRICS].registry, client, keys, "web")
     app[CLUSTER] = cluster_registry(settings, app[ENGINE], client, own=pusher)
     task = asyncio.create_task(_push_forever(app, pusher, keys))
     try:

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, web
 from redis.exceptions import RedisError
 
-from monitoring.metrics import METRICS, Metrics
+from monitoring.metrics import Metrics
 from paxyo.keys import Keys
 from wsgateway.close_codes import CloseCode, reason
 from wsgateway.gc_policy import FullCollectionPolicy
@@ -103,15 +103,16 @@ class Subscriber:
     Live events are written straight to the socket's transport as ready-made text frames,
     built once per event and shared by every socket of its user: no per-socket queue, task or
     await (perf-notes: both cost CPU and memory per connection). A client that stops reading
-    is bounded by its transport's buffered output: past ``WRITE_BUFFER_LIMIT`` it is closed
-    with 4008 and resumes from its last id when it reconnects.
+    is bounded by its transport's buffered output: past the hub's ``write_buffer_limit`` it is
+    closed with 4008 and resumes from its last id when it reconnects.
     """
 
-    __slots__ = ("_awaiting_pong", "_hub", "_live", "_pending", "_skip", "_transport", "_until",
-                 "closing", "heartbeat_slot", "user_id", "ws")
+    __slots__ = ("_awaiting_pong", "_buffer_limit", "_hub", "_live", "_pending", "_skip",
+                 "_transport", "_until", "closing", "heartbeat_slot", "user_id", "ws")
 
     def __init__(self, hub: Hub, ws: HubWebSocket, user_id: int, queue_size: int):
         self._hub = hub
+        self._buffer_limit = hub.write_buffer_limit
         self.ws = ws
         self.user_id = user_id
         self.closing: CloseCode | None = None
@@ -152,7 +153,7 @@ class Subscriber:
     def write_live(self, frame: bytes) -> int:
         """The per-delivery path of a live socket: one buffer check and one write."""
         transport = self._transport
-        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+        if transport.get_write_buffer_size() > self._buffer_limit:
             self.close_soon(CloseCode.TOO_SLOW)
             return 0
         try:
@@ -239,10 +240,11 @@ class Subscriber:
 class Hub:
     """The process's event reader and the registry of its subscribers."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, metrics: Metrics = METRICS,
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, metrics: Metrics,
                  queue_size: int = HOLD_LIMIT, read_count: int = READ_COUNT,
                  block_ms: int = READ_BLOCK_MS, batch_wait: float = BATCH_WAIT,
-                 heartbeat: float = HEARTBEAT) -> None:
+                 heartbeat: float = HEARTBEAT, write_buffer_limit: int = WRITE_BUFFER_LIMIT,
+                 backoff_max: float = BACKOFF_MAX) -> None:
         self.client = client
         self.keys = keys
         self.metrics = metrics
@@ -250,6 +252,8 @@ class Hub:
         self.read_count = read_count
         self.block_ms = block_ms
         self.batch_wait = batch_wait
+        self.write_buffer_limit = write_buffer_limit  # bytes of unsent output before 4008
+        self.backoff_max = backoff_max  # seconds between retries while Redis is down, at most
         self.position: str | None = None  # last stream id read; None: not yet resolved
         # A tuple per user: routing iterates it once per event, subscribing is rare.
         self._users: dict[int, tuple[Subscriber, ...]] = {}
@@ -336,12 +340,12 @@ class Hub:
                 recovering = True  # whatever ends the tail, check the stream before resuming
                 await tail.follow(self.client.connection_pool, self.position)
             except (RedisError, OSError) as exc:
-                if loop.time() - started > BACKOFF_MAX:
+                if loop.time() - started > self.backoff_max:
                     backoff = BACKOFF_FIRST  # it had been reading: a new outage
                 log.warning("hub: reading %s failed (%s); retrying in %.1fs",
                             self.keys.events, exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                backoff = min(backoff * 2, self.backoff_max)
 
     def _route_tail(self, entries: list[Any]) -> None:
         self.position = _text(entries[-1][0])  # where the next tail resumes after an outage

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from monitoring.metrics import Metrics
 from paxyo.settings import Settings
 from wsgateway.app import create_app
 
@@ -14,7 +15,7 @@ from wsgateway.app import create_app
 SHUTDOWN_TIMEOUT = 10.0
 
 
-def run_gateway(settings: Settings, host: str = "0.0.0.0",
+def run_gateway(settings: Settings, metrics: Metrics, host: str = "0.0.0.0",
                 extend: Callable[[web.Application, Settings], None] | None = None) -> None:
     """Serve on ``host:settings.port``; SIGTERM stops accepting, shuts down and returns.
 
@@ -22,8 +23,8 @@ def run_gateway(settings: Settings, host: str = "0.0.0.0",
     """
     url = f"http://{host}:{settings.port}"
     web.run_app(
-        create_app(settings, extend=extend), host=host, port=settings.port, loop=_new_loop(),
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        create_app(settings, metrics, extend=extend), host=host, port=settings.port,
+        loop=_new_loop(), shutdown_timeout=SHUTDOWN_TIMEOUT,
         print=lambda _banner: print(f"paxyo gateway listening on {url}", flush=True))
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.helpers import ChainMapProxy
 from sqlalchemy import Engine
 
+from monitoring.metrics import Metrics
 from paxyo.events import PendingEvent
 from paxyo.relay import OutboxRelay
 from paxyo.settings import Settings
@@ -34,6 +35,7 @@ ENGINE = web.AppKey("engine", Engine)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 REDIS = web.AppKey("redis", aioredis.Redis)  # async client for the event loop
 RELAY = web.AppKey("relay", OutboxRelay)  # publishes committed outbox rows (sync, in a thread)
+METRICS = web.AppKey("metrics", Metrics)  # this process's registry, built by its entry point
 
 
 async def run_blocking(state: State, fn: Callable[..., T], *args: object) -> T:

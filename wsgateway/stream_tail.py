@@ -50,11 +50,14 @@ class StreamTail(asyncio.Protocol):
     """
 
     def __init__(self, key: str, on_entries: Callable[[Entries], None], *, count: int,
-                 block_ms: int, batch_wait: float) -> None:
+                 block_ms: int, batch_wait: float, reply_grace: float = REPLY_GRACE,
+                 watchdog_every: float = WATCHDOG_EVERY) -> None:
         self.key = key
         self.count = count
         self.block_ms = block_ms
         self.batch_wait = batch_wait
+        self.reply_grace = reply_grace  # seconds past BLOCK before the connection counts as dead
+        self.watchdog_every = watchdog_every
         self._on_entries = on_entries
         self._command = (b"*8\r\n" + _bulk(b"XREAD") + _bulk(b"COUNT") + _bulk(b"%d" % count)
                          + _bulk(b"BLOCK") + _bulk(b"%d" % block_ms) + _bulk(b"STREAMS")
@@ -94,7 +97,7 @@ class StreamTail(asyncio.Protocol):
         self._transport.set_protocol(self)
         try:
             self._read()
-            self._watchdog = loop.call_later(WATCHDOG_EVERY, self._check_alive)
+            self._watchdog = loop.call_later(self.watchdog_every, self._check_alive)
             await self._lost
         finally:
             self.close()
@@ -166,11 +169,11 @@ class StreamTail(asyncio.Protocol):
         assert self._loop is not None
         now = self._loop.time()
         sent_at = self._sent_at
-        if sent_at is not None and now - sent_at > self.block_ms / 1000 + REPLY_GRACE:
+        if sent_at is not None and now - sent_at > self.block_ms / 1000 + self.reply_grace:
             self._fail(StreamTailError(f"Redis did not answer XREAD within "
                                        f"{now - sent_at:.0f}s"))
             return
-        self._watchdog = self._loop.call_later(WATCHDOG_EVERY, self._check_alive)
+        self._watchdog = self._loop.call_later(self.watchdog_every, self._check_alive)
 
     def _fail(self, exc: Exception) -> None:
         self._finish(exc)  # first, so that close() does not end follow() without the error

@@ -15,6 +15,7 @@ import gc
 import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -22,7 +23,6 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType, web
 
-from monitoring.metrics import METRICS
 from paxyo.accounts import get_balance
 from paxyo.keys import Keys
 from paxyo.money import ZERO, format_money
@@ -33,7 +33,7 @@ from wsgateway.close_codes import CloseCode, reason
 from wsgateway.history import Replay, read_replay
 from wsgateway.hub import Hub, HubWebSocket, Subscriber
 from wsgateway.responses import error_response
-from wsgateway.state import ENGINE, REDIS, run_blocking
+from wsgateway.state import ENGINE, METRICS, REDIS, run_blocking
 
 log = logging.getLogger("wsgateway.ws")
 
@@ -46,19 +46,33 @@ PONG = '{"type":"pong"}'
 # digits included, which str.isdigit() accepts, is refused before it reaches the history.
 _EVENT_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
 
+
+
+@dataclass(frozen=True)
+class WsOptions:
+    """Tunables of /ws and its hub (defaults for production; tests shorten them)."""
+
+    hold_limit: int = hub_module.HOLD_LIMIT  # live events held per socket during its replay
+    heartbeat: float = hub_module.HEARTBEAT  # seconds between pings
+    write_buffer_limit: int = hub_module.WRITE_BUFFER_LIMIT  # unsent bytes before 4008
+    backoff_max: float = hub_module.BACKOFF_MAX  # longest wait between stream read retries
+    freeze_gc: bool = True  # gc.freeze() the start-up objects once the hub runs (once a process)
+
+
 HUB = web.AppKey("ws_hub", Hub)
 WS_SETTINGS = web.AppKey("ws_settings", Settings)
+WS_OPTIONS = web.AppKey("ws_options", WsOptions)
 SCRIPT = web.AppKey("ws_client_script", bytes)
 
-_gc_frozen = False
 
-
-def setup_websocket(app: web.Application, settings: Settings) -> None:
+def setup_websocket(app: web.Application, settings: Settings,
+                    options: WsOptions | None = None) -> None:
     """Add /ws and /paxyo-realtime.js, the hub's reader and the closing of sockets on shutdown.
 
     Call after the app's resources (engine, Redis) are registered: the handler uses them.
     """
     app[WS_SETTINGS] = settings
+    app[WS_OPTIONS] = options or WsOptions()
     app[SCRIPT] = SCRIPT_PATH.read_bytes()
     app.router.add_get("/ws", websocket_handler)
     app.router.add_get("/paxyo-realtime.js", client_script)
@@ -91,13 +105,13 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return error_response(400, "expected a WebSocket upgrade")
     await ws.prepare(request)
     subscriber = request.app[HUB].subscribe(ws, user_id)
-    METRICS.gateway_connections.inc()
+    request.app[METRICS].gateway_connections.inc()
     try:
         if await _greet(request, subscriber, last_id):
             await _read_until_closed(ws, subscriber)
     finally:
         request.app[HUB].unsubscribe(subscriber)
-        METRICS.gateway_connections.dec()
+        request.app[METRICS].gateway_connections.dec()
     return ws
 
 
@@ -131,7 +145,7 @@ async def _greet(request: web.Request, subscriber: Subscriber, last_id: str | No
         await ws.send_str(_hello(user_id, balance, replay, settings.money_decimals))
         for _, payload in replay.events:
             await ws.send_str(payload.decode())
-            METRICS.events_delivered.inc()
+            request.app[METRICS].events_delivered.inc()
     except ConnectionError:
         return False
     subscriber.go_live(replay.replayed_ids, replay.stream_end)
@@ -163,15 +177,17 @@ async def _read_until_closed(ws: web.WebSocketResponse, subscriber: Subscriber) 
 
 
 async def _run_hub(app: web.Application) -> AsyncIterator[None]:
-    settings = app[WS_SETTINGS]
+    settings, options = app[WS_SETTINGS], app[WS_OPTIONS]
     # The hub's stream reader takes its connection settings (URL, TLS, auth) from this client.
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=1.0,
                                      socket_timeout=HUB_REDIS_TIMEOUT)
-    hub = Hub(client, Keys(settings.redis_prefix), queue_size=hub_module.HOLD_LIMIT,
-              heartbeat=hub_module.HEARTBEAT)
+    hub = Hub(client, Keys(settings.redis_prefix), metrics=app[METRICS],
+              queue_size=options.hold_limit, heartbeat=options.heartbeat,
+              write_buffer_limit=options.write_buffer_limit, backoff_max=options.backoff_max)
     app[HUB] = hub
     await hub.start()
-    _freeze_gc()
+    if options.freeze_gc:
+        _freeze_gc()
     try:
         yield
     finally:
@@ -190,12 +206,13 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 def _freeze_gc() -> None:
-    """Move start-up objects out of the collector's way (perf-notes: full GCs make the tail)."""
-    global _gc_frozen
-    if not _gc_frozen:
+    """Move start-up objects out of the collector's way (perf-notes: full GCs make the tail).
+
+    Once a process: the interpreter's own count of frozen objects says whether it was done.
+    """
+    if gc.get_freeze_count() == 0:
         gc.collect()
         gc.freeze()
-        _gc_frozen = True
 
 
-__all__ = ["HUB", "setup_websocket", "websocket_handler"]
+__all__ = ["HUB", "WsOptions", "setup_websocket", "websocket_handler"]

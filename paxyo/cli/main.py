@@ -58,11 +58,12 @@ def cmd_simulator(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace, settings: Settings) -> int:
+    from monitoring.metrics import process_metrics
     from paxyo.cli.demo_web import setup_demo
     from wsgateway.server import run_gateway
 
     settings.require_secrets()
-    run_gateway(settings, host=args.host, extend=setup_demo)
+    run_gateway(settings, process_metrics(), host=args.host, extend=setup_demo)
     return 0
 
 
@@ -77,16 +78,18 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
     from dispatcher.loop import run_dispatcher
+    from monitoring.metrics import process_metrics
 
     settings.require_providers()
-    run_dispatcher(settings)
+    run_dispatcher(settings, process_metrics())
     return 0
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from monitoring.metrics import process_metrics
     from workers.runner import run_worker
 
-    run_worker(settings, burst=args.burst)
+    run_worker(settings, process_metrics(), burst=args.burst)
     return 0
 
 
