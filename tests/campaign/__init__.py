@@ -7,7 +7,8 @@ clients) while it kills and restarts processes, Redis and database backends at r
 then stops the faults, waits for every order to settle and checks the invariants of design.md.
 
 - :mod:`tests.campaign.scenario`: the seeded plan of one run (pure: no I/O).
-- :mod:`tests.campaign.processes`: the run's processes, Redis and database.
+- :mod:`tests.campaign.processes`: the run's processes and its Redis.
+- :mod:`tests.campaign.databases`: the run's fresh database, its backends killed, read back.
 - :mod:`tests.campaign.faults`: carrying out the plan's faults against those processes.
 - :mod:`tests.campaign.clients`: HTTP calls that survive faults; WebSocket clients that resume.
 - :mod:`tests.campaign.invariants`: the checks, as pure functions of what was recorded.

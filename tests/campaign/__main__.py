@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from tests.campaign.databases import KINDS
-from tests.campaign.run import RunResult, run_once
+from tests.campaign.run import SETTLE_SECONDS, RunResult, run_once
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     totals: Counter[str] = Counter()
     violations = 0
+    settles: list[float] = []
     for i in range(args.runs):
         result = run_once(first + i, kinds[i % len(kinds)],
                           inject_violation=args.inject_violation, keep=args.keep)
@@ -61,17 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  replay: python -m tests.campaign --seed {result.seed} --runs 1 "
                   f"--database {result.database}  (logs: {result.kept_dir})", flush=True)
         violations += len(result.violations)
+        if result.settle_seconds is not None:
+            settles.append(result.settle_seconds)
         totals.update(result.counts)
         totals.update({"runs": 1, f"runs_{result.database}": 1, "orders": result.orders,
                        "refunds": result.refunds, "kills": result.kills,
                        "restarts": result.restarts, "violations": len(result.violations)})
-    print(summary(totals, time.monotonic() - started), flush=True)
+    print(summary(totals, time.monotonic() - started, settles), flush=True)
     print(f"campaign: {args.runs} runs, {violations} violations", flush=True)
     return 1 if violations else 0
 
 
-def summary(totals: Counter[str], seconds: float) -> str:
+def summary(totals: Counter[str], seconds: float, settles: list[float]) -> str:
     lines = [f"totals ({seconds / 60:.1f} min):"]
+    if settles:
+        mean = sum(settles) / len(settles)
+        lines.append(f"  settled after the faults stopped: mean {mean:.1f} s, "
+                     f"max {max(settles):.1f} s (bound {SETTLE_SECONDS:.0f} s)")
     main_kinds = ["runs", *(f"runs_{k}" for k in KINDS), "orders", "refunds", "kills",
                   "restarts", "violations"]
     lines.append("  " + ", ".join(f"{k} {totals[k]}" for k in main_kinds if k in totals))

@@ -42,6 +42,7 @@ class RunResult:
     counts: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    settle_seconds: float | None = None  # faults stopped -> everything settled
     kept_dir: str | None = None
 
     @property
@@ -174,7 +175,7 @@ class Run:
                                            f"faults stopped: {p}" for p in pending]
                 return
             await asyncio.sleep(0.2)
-        self.counts["settle_ms"] += int((time.monotonic() - self.fault_end) * 1000)
+        self.result.settle_seconds = time.monotonic() - self.fault_end
 
     def _unsettled(self) -> list[str]:
         pending = []
