@@ -19,6 +19,7 @@ from functools import partial
 import redis
 from sqlalchemy import Engine, select
 
+from monitoring.metrics import process_metrics
 from paxyo.clock import utcnow
 from paxyo.leases import defer, lease
 from paxyo.observations import ApplyReport, refund_line
@@ -105,7 +106,7 @@ def run_cycle(settings: Settings, emit: Callable[[str], None] = print) -> CycleS
     """Check every open order once, print the seed's lines, return what happened."""
     emit(f"{_stamp(utcnow())} Starting order status check...")
     summary = CycleSummary()
-    ctx = build_context(settings)
+    ctx = build_context(settings, process_metrics())
     try:
         grouped, summary.users = open_orders_by_provider(ctx.engine)
         for provider, ids in grouped.items():
