@@ -31,14 +31,18 @@ class Shard:
     token: str
 
 
-def due_by_provider(engine: Engine, now: datetime, limit: int) -> dict[str, list[int]]:
-    grouped: dict[str, list[int]] = defaultdict(list)
+def due_orders(engine: Engine, now: datetime, limit: int) -> list[tuple[str, int]]:
+    """(provider, order id) of the due, unleased open orders, most overdue first."""
     with engine.connect() as conn:
-        rows = conn.execute(
+        return [(r.provider, r.id) for r in conn.execute(
             select(orders.c.provider, orders.c.id)
             .where(orders.c.status_class == OPEN, orders.c.next_check_at <= now, lease_free(now))
-            .order_by(orders.c.next_check_at).limit(limit)).all()
-    for provider, order_id in rows:
+            .order_by(orders.c.next_check_at).limit(limit))]
+
+
+def by_provider(due: list[tuple[str, int]]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for provider, order_id in due:
         grouped[provider].append(order_id)
     return grouped
 
@@ -74,13 +78,14 @@ def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_se
     """
     window = poll_interval / 2
     cuts: list[tuple[str, list[int]]] = []
-    grouped = due_by_provider(engine, now, max_due)
-    order_rank = {oid: rank for ids in grouped.values() for rank, oid in enumerate(ids)}
+    due = due_orders(engine, now, max_due)
+    grouped = by_provider(due)
+    order_rank = {oid: rank for rank, (_, oid) in enumerate(due)}  # across providers
     for provider, due in grouped.items():
         spare = -len(due) % SHARD_SIZE
         ids = due + top_up(engine, provider, now, window, spare, set(due))
         cuts += [(provider, ids[i:i + SHARD_SIZE]) for i in range(0, len(ids), SHARD_SIZE)]
-    if max_shards is not None:  # most overdue first: due_by_provider is ordered by due time
+    if max_shards is not None:  # the shards whose first order is the most overdue
         cuts = sorted(cuts, key=lambda cut: order_rank[cut[1][0]])[:max_shards]
     if not cuts:
         return []

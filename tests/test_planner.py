@@ -89,3 +89,10 @@ def test_the_most_overdue_shards_go_first_when_room_is_short(engine):
     due_at(engine, range(101, 201), NOW - timedelta(seconds=30))
     assert [sorted(s.order_ids) for s in plan(engine, max_shards=1)] == [list(range(201, 301))]
     assert [sorted(s.order_ids) for s in plan(engine, max_shards=1)] == [list(range(101, 201))]
+
+
+def test_short_of_room_the_most_overdue_shards_go_first_across_providers(engine):
+    seed(engine, 200, provider="late", due=NOW - timedelta(seconds=60))
+    seed(engine, 100, user=222, provider="punctual", start=1000)
+    shards = plan(engine, max_shards=2)
+    assert [(s.provider, len(s.order_ids)) for s in shards] == [("late", 100), ("late", 100)]
