@@ -124,3 +124,16 @@ def test_upgrade_converts_sqlite_money_stored_as_real(tmp_path):
             assert _raw_mismatches(conn) == []
     finally:
         engine.dispose()
+
+
+def test_references_that_differ_only_in_case_accents_or_trailing_spaces_are_distinct(
+        any_engine):
+    """MySQL's default collation would call these the same idempotency key and drop a
+    deposit; keys compare byte for byte on every store."""
+    references = ["abc", "ABC", "abc ", "ábc", "abc\u00a0"]
+    for n, reference in enumerate(references):
+        result = deposit(any_engine, 111, D("1.00") + n, reference, 2)
+        assert result.created, reference
+    assert get_balance(any_engine, 111) == D(5 + sum(range(5)))
+    again = deposit(any_engine, 111, D("2.00"), "ABC", 2)
+    assert not again.created and get_balance(any_engine, 111) == D(15)

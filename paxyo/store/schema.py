@@ -16,7 +16,7 @@ from sqlalchemy import (
     Text,
 )
 
-from paxyo.store.types import Money
+from paxyo.store.types import ExactString, Money
 
 # Exact money on every backend (integer units on SQLite, NUMERIC(24, 8) elsewhere).
 MONEY = Money()
@@ -71,7 +71,7 @@ ledger_entries = Table(
     Column("user_id", BigInteger, ForeignKey("accounts.user_id"), nullable=False),
     Column("kind", String(16), nullable=False),  # deposit | charge | refund
     Column("amount", MONEY, nullable=False),     # signed: charges are negative
-    Column("idempotency_key", String(191), nullable=False, unique=True),
+    Column("idempotency_key", ExactString(191), nullable=False, unique=True),
     Column("order_id", BigInteger, nullable=True),
     Column("reference", String(191), nullable=True),
     Column("created_at", DateTime, nullable=False),

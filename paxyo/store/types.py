@@ -5,7 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Numeric
+from sqlalchemy import BigInteger, Numeric, String
+from sqlalchemy.dialects.mysql import VARBINARY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -53,3 +54,33 @@ def to_units(amount: Decimal) -> int:
 
 def from_units(units: int) -> Decimal:
     return Decimal(int(units)).scaleb(-MONEY_SCALE)
+
+
+class ExactString(TypeDecorator[str]):
+    """A string compared byte for byte on every backend: VARBINARY on MySQL and MariaDB.
+
+    Their default collations call "abc", "ABC", "ábc" and "abc " the same string, which
+    would make two different idempotency keys one (and drop a deposit).
+    """
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__(length)
+        self.length = length
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(VARBINARY(self.length * 4))  # utf-8: ≤4 bytes each
+        return dialect.type_descriptor(String(self.length))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or dialect.name not in ("mysql", "mariadb"):
+            return value
+        return value.encode()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if isinstance(value, bytes | bytearray):
+            return bytes(value).decode()
+        return value
