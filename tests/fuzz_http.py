@@ -318,7 +318,8 @@ class Client:
 
 
 def _read_frame(sock: socket.socket, data: bytes) -> bytes:
-    """The payload of the server's first (unmasked, unfragmented) text frame."""
+    """The payload of the server's first data frame (unmasked, unfragmented); control frames
+    before it (the hub's heartbeat may ping a socket before its hello) are skipped."""
     def need(n: int) -> None:
         nonlocal data
         while len(data) < n:
@@ -327,18 +328,21 @@ def _read_frame(sock: socket.socket, data: bytes) -> bytes:
                 raise ConnectionError("closed before the first frame")
             data += chunk
 
-    need(2)
-    length, offset = data[1] & 0x7F, 2
-    if length == 126:
-        need(4)
-        length, offset = int.from_bytes(data[2:4], "big"), 4
-    elif length == 127:
-        need(10)
-        length, offset = int.from_bytes(data[2:10], "big"), 10
-    need(offset + length)
-    if data[0] & 0x0F != 1:
-        return b"opcode %d" % (data[0] & 0x0F)
-    return data[offset:offset + length]
+    while True:
+        need(2)
+        length, offset = data[1] & 0x7F, 2
+        if length == 126:
+            need(4)
+            length, offset = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            need(10)
+            length, offset = int.from_bytes(data[2:10], "big"), 10
+        need(offset + length)
+        opcode, payload, data = data[0] & 0x0F, data[offset:offset + length], \
+            data[offset + length:]
+        if opcode in (9, 10):  # ping, pong
+            continue
+        return payload if opcode == 1 else b"opcode %d" % opcode
 
 
 # -- the contract --------------------------------------------------------------------------------
