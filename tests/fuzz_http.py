@@ -201,7 +201,9 @@ def http_requests(draw: st.DrawFn) -> Request:
     auth = draw(authorizations())
     if auth is not None:
         headers["Authorization"] = auth
-    well_formed = auth == f"Bearer {ADMIN_TOKEN}"
+    # the scheme is case-insensitive (RFC 9110 11.1); spaces around the token are tolerated
+    well_formed = auth is not None and re.fullmatch(
+        rf"\s*bearer +{ADMIN_TOKEN}\s*", auth, re.IGNORECASE | re.ASCII) is not None
     body, fields, path_id = None, None, None
     if route == "deposit":
         path_id = draw(path_ids(USERS))
