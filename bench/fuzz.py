@@ -134,7 +134,9 @@ def run(requests: int, port: int, seed_value: int) -> tuple[Counter[int], list[s
             statuses[reply.status] += 1
             problem = check_reply(request, reply)
             if problem is not None:
-                breaches.append(f"{request.method} {request.path[:80]}: {problem}")
+                shown = {k: v for k, v in request.headers.items() if k != "Content-Type"}
+                breaches.append(f"{request.method} {request.path[:80]} {shown!r:.120}: "
+                                f"{problem}")
 
     started = time.monotonic()
     exchange()

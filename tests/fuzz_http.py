@@ -201,7 +201,9 @@ def http_requests(draw: st.DrawFn) -> Request:
     auth = draw(authorizations())
     if auth is not None:
         headers["Authorization"] = auth
-    well_formed = auth == f"Bearer {ADMIN_TOKEN}"
+    # the scheme is case-insensitive (RFC 9110 11.1); spaces around the token are tolerated
+    well_formed = auth is not None and re.fullmatch(
+        rf"\s*bearer +{ADMIN_TOKEN}\s*", auth, re.IGNORECASE | re.ASCII) is not None
     body, fields, path_id = None, None, None
     if route == "deposit":
         path_id = draw(path_ids(USERS))
@@ -318,10 +320,8 @@ class Client:
 
 
 def _read_frame(sock: socket.socket, data: bytes) -> bytes:
-    """The payload of the server's first (unmasked, unfragmented) data frame.
-
-    Control frames before it are skipped: the heartbeat may ping a socket before its hello.
-    """
+    """The payload of the server's first data frame (unmasked, unfragmented); control frames
+    before it (the hub's heartbeat may ping a socket before its hello) are skipped."""
     def need(n: int) -> None:
         nonlocal data
         while len(data) < n:
@@ -340,13 +340,11 @@ def _read_frame(sock: socket.socket, data: bytes) -> bytes:
             need(10)
             length, offset = int.from_bytes(data[2:10], "big"), 10
         need(offset + length)
-        opcode = data[0] & 0x0F
+        opcode, payload, data = data[0] & 0x0F, data[offset:offset + length], \
+            data[offset + length:]
         if opcode in (9, 10):  # ping, pong
-            data = data[offset + length:]
             continue
-        if opcode != 1:
-            return b"opcode %d" % opcode
-        return data[offset:offset + length]
+        return payload if opcode == 1 else b"opcode %d" % opcode
 
 
 # -- the contract --------------------------------------------------------------------------------

@@ -431,6 +431,7 @@ def test_repeated_large_deposits_never_overflow_the_column(any_api: Api,
     (b'{"amount": "1.00", "reference": "\\ud800"}', "reference"),
     (b'{"amount": "1.00", "reference": "\\u0000"}', "reference"),
     (b'{"amount": "1.00", "reference": "r\xff"}', "body"),
+    (b'{"amount": "1.00", "reference": "r", "x": "\xed\xa0\x80"}', "body"),  # raw surrogate
     (b'[' * 100000, "body"),
     (b'{"amount": "1.00", "reference": "r"} trailing', "body"),
 ])
@@ -489,3 +490,4 @@ def test_an_order_for_an_unconfigured_provider_is_refused(
         api.deposit(111, "25.00")
         _assert_refused(api.call("POST", "/v1/orders", ORDER), "provider")
         assert api.balance(111) == "25.00"
+

@@ -219,8 +219,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 def _lenient_json(raw: bytes) -> Any:
     """What orjson refuses yet is JSON enough to name the bad field: integers beyond 64 bits,
     NaN and Infinity, lone surrogates. The fields' own checks then refuse them."""
-    try:
-        return json.loads(raw, parse_constant=_NonFinite, parse_float=Decimal)
+    try:  # strict UTF-8 first: json.loads(bytes) would let surrogates through (surrogatepass)
+        return json.loads(raw.decode("utf-8"), parse_constant=_NonFinite, parse_float=Decimal)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
         raise BadRequest("body is not valid JSON") from None
 
