@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from monitoring.metrics import process_metrics
 from paxyo.ledger import ledger_mismatches
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
@@ -44,7 +45,7 @@ def gateway(any_database_url: str, redis_url: str, redis_prefix: str) -> Iterato
         "PAXYO_PROVIDER_SIM_KEY": "k",
         "PAXYO_JWT_SECRET": JWT_SECRET, "PAXYO_ADMIN_TOKEN": ADMIN_TOKEN,
     })
-    server = ServerThread(lambda: create_app(settings))
+    server = ServerThread(lambda: create_app(settings, process_metrics()))
     server.start()
     try:
         yield server
