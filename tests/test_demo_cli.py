@@ -55,7 +55,9 @@ def test_demo_without_redis_starts_a_private_one_and_stops_cleanly(tmp_path):
         assert len(children_in(tmp_path)) >= 5  # demo, simulator, dispatcher, worker, web
         demo.send_signal(signal.SIGINT)
         demo.wait(30)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while children_in(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert children_in(tmp_path) == []
         private_url = re.search(r"started a private one at (\S+)", text).group(1)
         assert not answers(private_url)  # the private Redis went with the demo

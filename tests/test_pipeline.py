@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +12,6 @@ import redis
 from rq import Queue
 from sqlalchemy import update
 
-from dispatcher.leader import LeaderLock
 from dispatcher.loop import Dispatcher
 from dispatcher.planner import plan_shards
 from monitoring.metrics import process_metrics
@@ -60,19 +58,6 @@ def run_worker_burst(settings):
 @pytest.fixture
 def queued_settings(settings, redis_prefix):
     return settings.with_overrides(queue_name=f"{redis_prefix}-q")
-
-
-def test_only_one_dispatcher_leads_and_a_standby_takes_over(redis_url, redis_prefix):
-    client = redis.Redis.from_url(redis_url)
-    keys = Keys(redis_prefix)
-    a = LeaderLock(client, keys.dispatcher_lock, keys.dispatcher_fence, ttl=0.5)
-    b = LeaderLock(client, keys.dispatcher_lock, keys.dispatcher_fence, ttl=0.5)
-    assert a.acquire_or_renew() and not b.acquire_or_renew()
-    assert a.acquire_or_renew() and not b.acquire_or_renew()
-    time.sleep(0.7)  # the leader died without releasing
-    assert b.acquire_or_renew()
-    assert b.fence == a.fence + 1
-    assert not a.acquire_or_renew()  # the old leader notices it lost the term
 
 
 def test_dispatch_and_worker_apply_refunds_and_publish(queued_settings, engine, simulator):

@@ -414,11 +414,13 @@ def test_cancellation_passes_through_without_retry() -> None:
 
     async def check(h: Harness) -> None:
         task = asyncio.create_task(h.client.status_many(["1"]))
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(5):
+            while not scripted.active:  # the request reached the provider
+                await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time for a retry that must not come
         assert len(scripted.requests) == 1
 
     with_scripted(scripted, check)

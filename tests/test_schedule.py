@@ -1,0 +1,33 @@
+"""paxyo.schedule: new and just-changed orders are checked sooner, never later than the poll
+interval, never sooner than its quarter (at least 1 s)."""
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from paxyo.schedule import first_check_delay, min_interval, next_check_at, next_check_delay
+
+NOW = datetime(2026, 11, 30, 12, 0, 0)
+
+
+@pytest.mark.parametrize(("poll", "floor"), [(30, 7.5), (120, 30.0), (4, 1.0), (1, 1.0)])
+def test_the_floor_is_a_quarter_of_the_interval_and_at_least_one_second(poll, floor):
+    assert min_interval(poll) == floor
+    assert first_check_delay(poll) == floor
+
+
+@pytest.mark.parametrize(("unchanged_for", "delay"),
+                         [(0, 7.5), (10, 7.5), (15, 7.5), (20, 10.0), (59, 29.5), (60, 30.0),
+                          (86_400, 30.0)])
+def test_the_delay_is_half_the_unchanged_time_between_floor_and_ceiling(unchanged_for, delay):
+    assert next_check_delay(30, unchanged_for) == delay
+
+
+def test_next_check_at_counts_from_the_last_change():
+    assert next_check_at(NOW, NOW - timedelta(seconds=40), 30) == NOW + timedelta(seconds=20)
+    assert next_check_at(NOW, NOW, 30) == NOW + timedelta(seconds=7.5)
+    assert next_check_at(NOW, NOW - timedelta(days=3), 30) == NOW + timedelta(seconds=30)
+
+
+def test_a_change_stamped_in_the_future_counts_as_just_changed():
+    assert next_check_at(NOW, NOW + timedelta(seconds=90), 30) == NOW + timedelta(seconds=7.5)
