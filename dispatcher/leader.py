@@ -1,4 +1,4 @@
-"""Leader election over one Redis key with expiry, plus a fencing token."""
+"""Leader election over one Redis key with expiry, and a term number per leadership."""
 
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ class LeaderLock:
     """``acquire_or_renew()`` each tick; True while this process leads.
 
     The lock expires ``ttl`` seconds after the last renewal, so a standby takes over within
-    ``ttl`` plus one tick of the leader's death. Each new leadership increments a fencing
-    counter; ``fence`` identifies the current term.
+    ``ttl`` plus one tick of the leader's death. Each new leadership increments a counter;
+    ``fence`` is the current term, shown in logs, the dispatcher heartbeat and each job's meta.
+    Nothing relies on it for safety: a leader that does not know it lost (a long pause) may
+    still plan a tick, and what keeps two such leaders from putting one order in two live
+    shards is the order leases in the database (paxyo.leases).
     """
 
     def __init__(self, client: redis.Redis, key: str, fence_key: str, ttl: float = 5.0) -> None:

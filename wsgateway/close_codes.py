@@ -7,7 +7,8 @@ Ranges (the same split as the browser client makes):
   and resume with ``last_id``; another gateway serves you meanwhile.
 - 4000-4099 are ours and mean the connection was refused or dropped for a reason of the
   client's. 4008 TOO_SLOW is the only one there that says "reconnect and resume": the client
-  did not read fast enough and its bounded send queue overflowed. 4001 UNAUTHORIZED is final
+  did not read fast enough, and its socket's unsent output passed the hub's write-buffer
+  limit (or, during a replay, too many live events were held for it). 4001 UNAUTHORIZED is final
   until the client has a new token; 4400 BAD_REQUEST is final.
 """
 
@@ -21,7 +22,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001  # gateway shutting down (SIGTERM): reconnect and resume elsewhere
     TRY_AGAIN_LATER = 1013  # a dependency failed while greeting: reconnect with backoff
     UNAUTHORIZED = 4001  # token missing, forged or expired: final until a new token
-    TOO_SLOW = 4008  # send queue overflowed: reconnect and resume with last_id
+    TOO_SLOW = 4008  # too much unsent output: reconnect and resume with last_id
     BAD_REQUEST = 4400  # malformed request: final, retrying will not help
 
 

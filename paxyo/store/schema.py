@@ -83,7 +83,8 @@ outbox = Table(
     Column("id", ID, primary_key=True, autoincrement=True),
     Column("user_id", BigInteger, nullable=False),
     Column("type", String(32), nullable=False),
-    Column("payload", LargeBinary, nullable=False),  # the event JSON, id included, as sent
+    # the event's fields as JSON, without "type" and "id" (paxyo.events.event_bytes adds them)
+    Column("payload", LargeBinary, nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("published_at", DateTime, nullable=True),
     Index("ix_outbox_unpublished", "published_at", "id"),
