@@ -91,7 +91,7 @@ async def route_batches(users: int, batches: int, rounds: int) -> None:
     import hiredis
     import orjson
 
-    from monitoring.metrics import process_metrics
+    from monitoring import metrics as metrics_module
     from paxyo.keys import Keys
     from wsgateway.hub import Hub
 
@@ -105,7 +105,11 @@ async def route_batches(users: int, batches: int, rounds: int) -> None:
             self._req = type("Request", (), {"transport": transport})()
 
     loop = asyncio.get_running_loop()
-    hub = Hub(None, Keys("bench"), metrics=process_metrics())  # type: ignore[arg-type]
+    if hasattr(metrics_module, "process_metrics"):  # trees since each process builds its own
+        hub = Hub(None, Keys("bench"),  # type: ignore[arg-type]
+                  metrics=metrics_module.process_metrics())
+    else:  # older baselines: a module-level registry and default
+        hub = Hub(None, Keys("bench"))  # type: ignore[arg-type]
     peers = []  # kept open, unread: each gets about 6 KB per round
     for user in range(users):
         ours, theirs = socket.socketpair()
