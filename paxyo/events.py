@@ -33,7 +33,7 @@ def event_id(outbox_id: int) -> str:
 def parse_event_id(value: str) -> int | None:
     """The outbox id behind an event id, or None when it is not one of ours."""
     value = value.strip()
-    if not value.isdigit() or len(value) > 20:
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:  # ASCII only
         return None
     return int(value)
 

@@ -1,0 +1,135 @@
+"""workers.jobs.run_shard: claim, hold back, ask the provider, apply, release."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select, update
+
+from dispatcher.planner import plan_shards
+from monitoring.metrics import process_metrics
+from paxyo.accounts import deposit, get_balance
+from paxyo.clock import utcnow
+from paxyo.orders import NewOrder, place_order
+from paxyo.store.schema import orders
+from providers.client import ProviderUnavailable
+from workers.context import build_context
+from workers.jobs import run_shard
+
+D = Decimal
+
+
+def seed(engine, count: int, provider: str = "sim") -> None:
+    deposit(engine, 111, D("10.00") * count, "seed", 2)
+    for oid in range(1, count + 1):
+        place_order(engine, NewOrder(oid, 111, provider, str(7000 + oid), 1000, D("10.00")),
+                    decimals=2, poll_interval=30)
+    with engine.begin() as conn:
+        conn.execute(update(orders).values(next_check_at=utcnow() - timedelta(seconds=1)))
+
+
+def one_shard(engine):
+    [shard] = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
+    return shard
+
+
+def order_rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(select(orders).order_by(orders.c.id)).all()
+
+
+@pytest.fixture
+def context(settings):
+    ctx = build_context(settings, process_metrics())
+    yield ctx
+    ctx.close()
+
+
+def assert_deferred(engine, at_least: timedelta) -> None:
+    """Every order is open, free of leases and not due before ``at_least`` from now."""
+    soon = utcnow() + at_least - timedelta(seconds=2)
+    for row in order_rows(engine):
+        assert row.status == "Pending" and row.observed_at is None
+        assert row.lease_token is None and row.lease_until is None
+        assert row.next_check_at > soon, (row.id, row.next_check_at)
+
+
+def test_a_shard_of_an_unconfigured_provider_is_deferred_without_a_call(engine, context,
+                                                                        simulator):
+    seed(engine, 3, provider="nowhere")
+    shard = one_shard(engine)
+    result = run_shard(context, "nowhere", shard.order_ids, shard.token)
+    assert result == {"provider": "nowhere", "checked": 0,
+                      "skipped": "provider not configured"}
+    assert simulator.stats()["status_requests"] == 0
+    assert_deferred(engine, timedelta(seconds=context.settings.poll_interval))
+
+
+def test_an_open_circuit_defers_the_shard_without_a_call(engine, context, simulator):
+    seed(engine, 3)
+    for _ in range(context.breaker.threshold):
+        context.breaker.record_failure("sim")
+    shard = one_shard(engine)
+    result = run_shard(context, "sim", shard.order_ids, shard.token)
+    assert result["skipped"] == "circuit open" and result["checked"] == 0
+    assert simulator.stats()["status_requests"] == 0
+    assert_deferred(engine, timedelta(seconds=context.breaker.cooldown))
+
+
+def test_a_spent_rate_limit_defers_the_shard_without_a_call(engine, settings, simulator):
+    seed(engine, 3)
+    ctx = build_context(settings.with_overrides(provider_rate_limit_per_min=0),
+                        process_metrics())
+    try:
+        shard = one_shard(engine)
+        result = run_shard(ctx, "sim", shard.order_ids, shard.token)
+    finally:
+        ctx.close()
+    assert result["skipped"] == "rate limited" and result["checked"] == 0
+    assert simulator.stats()["status_requests"] == 0
+    assert_deferred(engine, timedelta(seconds=1))
+
+
+def test_a_shard_whose_lease_another_token_took_checks_nothing(engine, context, simulator):
+    seed(engine, 3)
+    shard = one_shard(engine)
+    with engine.begin() as conn:  # the lease ran out and another tick took the orders
+        conn.execute(update(orders).values(lease_token="other-token"))
+    for oid in range(1, 4):
+        simulator.set_order(7000 + oid, status="Canceled", remains=0)
+    result = run_shard(context, "sim", shard.order_ids, shard.token)
+    assert result["checked"] == 0 and result["skipped"] == "lease lost or orders closed"
+    assert simulator.stats()["status_requests"] == 0
+    rows = order_rows(engine)
+    assert {row.lease_token for row in rows} == {"other-token"}  # left to their holder
+    assert {row.status for row in rows} == {"Pending"}
+
+
+def test_a_checked_shard_counts_what_it_checked_and_changed_and_releases(engine, context,
+                                                                         simulator):
+    seed(engine, 4)
+    simulator.set_order(7001, status="Canceled", remains=0)
+    simulator.set_order(7002, status="Partial", remains=250)
+    simulator.set_order(7003, status="Pending", remains=1000)  # 7004: unknown to the provider
+    shard = one_shard(engine)
+    result = run_shard(context, "sim", shard.order_ids, shard.token)
+    assert {k: result[k] for k in ("provider", "checked", "changed", "no_answer", "unknown")} == {
+        "provider": "sim", "checked": 4, "changed": 2, "no_answer": 1, "unknown": 0}
+    assert sorted(c.order_id for c in result["report"].changes) == [1, 2]
+    assert simulator.stats()["status_requests"] == 1
+    rows = order_rows(engine)
+    assert [row.status for row in rows] == ["Canceled", "Partial", "Pending", "Pending"]
+    assert all(row.lease_token is None and row.observed_at is not None for row in rows)
+    assert get_balance(engine, 111) == D("10.00") + D("2.50")
+
+
+def test_a_failing_provider_defers_the_shard_outside_rq_and_re_raises(engine, context,
+                                                                      simulator):
+    seed(engine, 3)
+    simulator.faults(error_rate=1.0)
+    shard = one_shard(engine)
+    with pytest.raises(ProviderUnavailable):
+        run_shard(context, "sim", shard.order_ids, shard.token)
+    assert simulator.stats()["status_requests"] >= 1
+    assert_deferred(engine, timedelta(seconds=context.settings.poll_interval))
+    assert int(context.redis.hget(context.breaker.keys.circuit("sim"), "failures")) == 1
