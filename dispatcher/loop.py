@@ -23,7 +23,6 @@ from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.shard_policy import JOB_RETRIES, RETRY_INTERVALS, job_timeout, queued_lease_seconds
-from paxyo.store.engine import open_engine
 
 log = logging.getLogger("paxyo.dispatcher")
 
@@ -100,16 +99,13 @@ class Dispatcher:
                  sum(len(s.order_ids) for s in shards))
 
 
-def run_dispatcher(settings: Settings, metrics: Metrics, *,
-                   stop: threading.Event | None = None) -> None:
-    """Lead (or stand by) until SIGTERM, SIGINT or ``stop``, recording into ``metrics``."""
+def run_dispatcher(dispatcher: Dispatcher, *, stop: threading.Event | None = None) -> None:
+    """Lead (or stand by) until SIGTERM, SIGINT or ``stop``; the caller built ``dispatcher``
+    (its engine, Redis client and metrics) and disposes of them."""
     stop = stop or threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    engine = open_engine(settings.database_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
-                                  socket_connect_timeout=5)
-    dispatcher = Dispatcher(settings, engine, client, metrics)
+    settings, metrics, client = dispatcher.settings, dispatcher.metrics, dispatcher.redis
     log.info("dispatcher %s started (poll interval %ss)", dispatcher.lock.identity[:8],
              settings.poll_interval)
     pusher = MetricsPusher(metrics.registry, client, dispatcher.keys, "dispatcher").start()
@@ -130,5 +126,4 @@ def run_dispatcher(settings: Settings, metrics: Metrics, *,
             dispatcher.lock.release()
         dispatcher.metrics.dispatcher_leader.set(0)
         pusher.stop()
-        engine.dispose()
         log.info("dispatcher stopped")

@@ -25,11 +25,10 @@ from rq.scheduler import RQScheduler
 from rq.utils import now
 from rq.worker import SimpleWorker
 
-from monitoring.metrics import Metrics
 from monitoring.push import MetricsPusher, serve_process_metrics
 from paxyo.keys import Keys
 from paxyo.settings import Settings
-from workers.context import ContextJob, WorkerContext, build_context
+from workers.context import ContextJob, WorkerContext
 from workers.redis_outage import REDIS_DOWN, RedisOutage
 
 log = logging.getLogger("paxyo.workers")
@@ -242,11 +241,10 @@ def _stop_before_work(signum: int, frame: object) -> None:
     raise StopRequested
 
 
-def run_worker(settings: Settings, metrics: Metrics, *, burst: bool = False,
-               max_jobs: int | None = None) -> bool:
-    settings.require_providers()
-    # This process's context, from the settings the CLI parsed (not the environment's).
-    ctx = build_context(settings, metrics)
+def run_worker(ctx: WorkerContext, *, burst: bool = False, max_jobs: int | None = None) -> bool:
+    """Take shard jobs with ``ctx`` (built by the entry point from the settings its command
+    line parsed) until stopped; the caller closes ``ctx``."""
+    settings, metrics = ctx.settings, ctx.metrics
     outage = RedisOutage(settings.redis_url, log)
     connection = redis.Redis.from_url(settings.redis_url)
     serve_process_metrics(metrics.registry, settings.metrics_port)
@@ -270,7 +268,6 @@ def run_worker(settings: Settings, metrics: Metrics, *, burst: bool = False,
     finally:
         if pusher is not None:
             pusher.stop()
-        ctx.close()
         outage.close()
 
 

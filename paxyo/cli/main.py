@@ -77,19 +77,36 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
-    from dispatcher.loop import run_dispatcher
+    import redis
+
+    from dispatcher.loop import Dispatcher, run_dispatcher
     from monitoring.metrics import process_metrics
+    from paxyo.store.engine import open_engine
 
     settings.require_providers()
-    run_dispatcher(settings, process_metrics())
+    engine = open_engine(settings.database_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                  socket_connect_timeout=5)
+    try:
+        run_dispatcher(Dispatcher(settings, engine, client, process_metrics()))
+    finally:
+        client.close()
+        engine.dispose()
     return 0
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from monitoring.metrics import process_metrics
+    from workers.context import build_context
     from workers.runner import run_worker
 
-    run_worker(settings, process_metrics(), burst=args.burst)
+    settings.require_providers()
+    # this process's context, from the settings its command line parsed
+    ctx = build_context(settings, process_metrics())
+    try:
+        run_worker(ctx, burst=args.burst)
+    finally:
+        ctx.close()
     return 0
 
 
