@@ -373,19 +373,22 @@ def test_two_deliveries_of_one_event_at_once_credit_once(
         # the second waits on the first's uncommitted event id. Both are inside at once.
         with holder.cursor() as cur:
             cur.execute("SELECT balance FROM users WHERE id = 111 FOR UPDATE")
+        # The second is sent once the first waits: a php -S worker that accepted both
+        # connections at once would otherwise serve them one after the other.
         threads = [threading.Thread(target=lambda: answers.append(
             _deliver(url, body, _signature(body)))) for _ in range(2)]
+        waiting = []
         for thread in threads:
             thread.start()
-        deadline = time.monotonic() + WAIT
-        while _lock_waits(panel_db) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        waiting = _lock_waits(panel_db)
+            deadline = time.monotonic() + WAIT
+            while _lock_waits(panel_db) < len(waiting) + 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            waiting.append(_lock_waits(panel_db))
         holder.commit()
         holder.close()
         for thread in threads:
             thread.join(30)
-    assert waiting == 2
+    assert waiting == [1, 2]
     assert sorted(status for status, _ in answers) == [200, 200], answers
     assert sum("already applied" in text for _, text in answers) == 1, answers
     assert _panel_state(panel_db) == ({111: Decimal("22.00"), 222: Decimal("5.00")},
