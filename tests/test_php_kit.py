@@ -32,6 +32,7 @@ import jwt
 import orjson
 import pymysql
 import pytest
+from sqlalchemy.engine import make_url
 
 from monitoring.metrics import process_metrics
 from paxyo.events import ORDER_UPDATED, event_bytes, order_event_body
@@ -267,9 +268,10 @@ def test_webhook_verify_refuses(php: str, tmp_path: Path, fault: str) -> None:
 def panel_db(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A fresh MariaDB database holding a panel's users table and paxyo_events."""
     for url in make_database("mysql", tmp_path):
-        name = url.rsplit("/", 1)[1]
-        params = {"host": "127.0.0.1", "port": 3306, "user": "root", "database": name,
-                  "autocommit": True}
+        where = make_url(url)  # PAXYO_TEST_MYSQL_URL's server, a fresh database on it
+        params = {"host": where.host or "127.0.0.1", "port": where.port or 3306,
+                  "user": where.username or "root", "password": where.password or "",
+                  "database": where.database, "autocommit": True}
         conn = pymysql.connect(**params)
         with conn.cursor() as cur:
             cur.execute("CREATE TABLE users (id BIGINT PRIMARY KEY, "
@@ -293,14 +295,15 @@ def _panel_state(params: dict[str, Any]) -> tuple[dict[int, Decimal], list[str]]
 
 
 @contextlib.contextmanager
-def _receiver(php: str, dsn: str) -> Iterator[str]:
+def _receiver(php: str, params: dict[str, Any]) -> Iterator[str]:
     """The example receiver under ``php -S`` with four workers (deliveries run at once)."""
     port = free_port()
     proc = subprocess.Popen(
         [php, "-S", f"127.0.0.1:{port}", str(RECEIVER)], cwd=RECEIVER.parent,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env={**os.environ, "PHP_CLI_SERVER_WORKERS": "4", "PAXYO_WEBHOOK_SECRET": WEBHOOK_SECRET,
-             "PAXYO_PANEL_DSN": dsn, "PAXYO_PANEL_DB_USER": "root"})
+             "PAXYO_PANEL_DSN": _dsn(params), "PAXYO_PANEL_DB_USER": params["user"],
+             "PAXYO_PANEL_DB_PASSWORD": params["password"]})
     url = f"http://127.0.0.1:{port}/paxyo-webhook"
     try:
         deadline = time.monotonic() + WAIT
@@ -323,7 +326,8 @@ def _receiver(php: str, dsn: str) -> Iterator[str]:
 
 
 def _dsn(params: dict[str, Any]) -> str:
-    return f"mysql:host=127.0.0.1;port=3306;dbname={params['database']};charset=utf8mb4"
+    return (f"mysql:host={params['host']};port={params['port']};dbname={params['database']};"
+            "charset=utf8mb4")
 
 
 def _deliver(url: str, body: bytes, signature: str) -> tuple[int, str]:
@@ -340,7 +344,7 @@ def _deliver(url: str, body: bytes, signature: str) -> tuple[int, str]:
 def test_receiver_applies_a_refund_once_however_often_it_arrives(
         php: str, panel_db: dict[str, Any]) -> None:
     body = _event(outbox_id=42, refund="7.00")
-    with _receiver(php, _dsn(panel_db)) as url:
+    with _receiver(php, panel_db) as url:
         answers = [_deliver(url, body, _signature(body)) for _ in range(3)]
         assert [status for status, _ in answers] == [200, 200, 200], answers
         assert "already applied" in answers[1][1] and "already applied" in answers[2][1]
@@ -368,7 +372,7 @@ def test_two_deliveries_of_one_event_at_once_credit_once(
     body = _event(outbox_id=77, refund="7.00")
     answers: list[tuple[int, str]] = []
     holder = pymysql.connect(**{**panel_db, "autocommit": False})
-    with _receiver(php, _dsn(panel_db)) as url:
+    with _receiver(php, panel_db) as url:
         # Hold user 111's row: the first delivery inserts the event id and waits on the row,
         # the second waits on the first's uncommitted event id. Both are inside at once.
         with holder.cursor() as cur:
@@ -399,7 +403,7 @@ def test_receiver_refuses_a_bad_signature_and_changes_nothing(
         php: str, panel_db: dict[str, Any]) -> None:
     body = _event(outbox_id=42, refund="7.00")
     forged = body.replace(b'"refund":"7.00"', b'"refund":"700.00"')
-    with _receiver(php, _dsn(panel_db)) as url:
+    with _receiver(php, panel_db) as url:
         assert _deliver(url, forged, _signature(body))[0] == 400
         assert _deliver(url, body, _signature(body, "not-the-secret"))[0] == 400
         assert _deliver(url, body, "")[0] == 400
@@ -409,8 +413,8 @@ def test_receiver_refuses_a_bad_signature_and_changes_nothing(
 def test_receiver_answers_500_when_the_database_fails(
         php: str, panel_db: dict[str, Any]) -> None:
     body = _event(outbox_id=42, refund="7.00", user_id=333)  # no such user: nothing recorded
-    with _receiver(php, _dsn(panel_db)) as url:
+    with _receiver(php, panel_db) as url:
         assert _deliver(url, body, _signature(body))[0] == 500
-    with _receiver(php, _dsn({**panel_db, "database": "no_such_database"})) as url:
+    with _receiver(php, {**panel_db, "database": "no_such_database"}) as url:
         assert _deliver(url, body, _signature(body))[0] == 500
     assert _panel_state(panel_db) == ({111: Decimal("15.00"), 222: Decimal("5.00")}, [])
