@@ -20,6 +20,7 @@ from paxyo.ledger import (
     post_entry,
     read_balance,
 )
+from paxyo.money import format_money
 from paxyo.store.engine import transactional
 
 
@@ -44,8 +45,8 @@ def deposit(engine: Engine, user_id: int, amount: Decimal, reference: str,
         existing = find_entry(conn, key)
         if existing is not None:
             if existing.amount != amount:
-                raise Conflict(f"reference {reference!r} was already used for "
-                               f"a deposit of {existing.amount}")
+                raise Conflict(f"reference {reference!r} was already used for a deposit of "
+                               f"{format_money(existing.amount, decimals)}")
             return DepositResult(user_id, balance, created=False, event=None)
         entry = LedgerEntry(user_id, EntryKind.DEPOSIT, amount, key, None, reference)
         new_balance = post_entry(conn, balance=balance, entry=entry, now=now)

@@ -37,8 +37,8 @@ class BalanceLimitExceeded(Exception):
     """An entry whose amount, or the balance it would leave, is not below MONEY_LIMIT."""
 
     def __init__(self, balance: Decimal, amount: Decimal) -> None:
-        super().__init__(f"the balance must stay below {MONEY_LIMIT}: {balance} and "
-                         f"{amount} would not")
+        super().__init__(f"the balance must stay below {MONEY_LIMIT:,}: "
+                         f"{balance.normalize():f} and {abs(amount).normalize():f} would not")
         self.balance = balance
         self.amount = amount
 
