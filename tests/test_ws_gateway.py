@@ -346,7 +346,7 @@ def test_two_gateways_and_a_client_moving_between_them(
 # -- slow clients, heartbeat, shutdown -----------------------------------------------------------
 
 def test_slow_client_is_closed_with_4008_while_others_keep_receiving(
-        settings: Settings, publisher: Publisher) -> None:
+        settings: Settings, publisher: Publisher, caplog: pytest.LogCaptureFixture) -> None:
     keys = publisher.keys
     big = b"x" * 256 * 1024
 
@@ -373,8 +373,14 @@ def test_slow_client_is_closed_with_4008_while_others_keep_receiving(
                     if message.type is not WSMsgType.TEXT:
                         break
                     received += 1
-                assert message.type is WSMsgType.CLOSE, message
-                assert message.data == CloseCode.TOO_SLOW
+                # The close frame follows the data already written. On a loaded machine the
+                # hub may give up on the stalled close first and drop the connection; either
+                # way the gateway closed this client, and only this one, as too slow.
+                assert message.type in (WSMsgType.CLOSE, WSMsgType.CLOSED), message
+                if message.type is WSMsgType.CLOSE:
+                    assert message.data == CloseCode.TOO_SLOW
+                assert "user 333 too slow, closing with 4008" in caplog.text
+                assert "user 111 too slow" not in caplog.text
                 assert received < 120
                 outbox_id = await asyncio.to_thread(publisher.deposit, 111)
                 assert (await receive(normal))["id"] == event_id(outbox_id)
