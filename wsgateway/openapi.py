@@ -112,6 +112,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
         },
         "NewOrder": {
             "type": "object",
+            "description": "Integers are JSON integers written without a fraction or exponent "
+                           "(5.0 and 5e0 are refused although JSON Schema calls them integers).",
             "required": ["id", "user_id", "provider", "provider_order_id", "quantity", "charge"],
             "properties": {
                 "id": {**identifier, "description": "The panel's order id."},
