@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +17,11 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from monitoring.metrics import process_metrics
+from paxyo.money import MoneyError, parse_money
 from paxyo.settings import Settings
 from tests.support import ServerThread, http_json
 from wsgateway.app import create_app
-from wsgateway.openapi import build_openapi
+from wsgateway.openapi import build_openapi, money_pattern
 
 TOKEN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -182,6 +184,20 @@ ORDER_FIELDS: dict[str, list[Any]] = {
     "link": ["https://x", "a" * 4096, "a" * 4097, "", "a\nb", None, 5],
     "user_id": [1, 2**63 - 1, 2**63, 0, -1, "1", True, None],
 }
+
+
+@pytest.mark.parametrize("decimals", [0, 2, 8])
+def test_the_money_pattern_is_parse_money(decimals: int) -> None:
+    pattern = re.compile(money_pattern(decimals))
+    for value in [a for a in AMOUNTS if isinstance(a, str)] + [
+            "1", "1.0", "1.00000000", "1.00000001", "1.000000010", "0.1", "0." + "0" * 7 + "1",
+            "00000000000000000000000000000000000000001", "9999999999", "99999999999"]:
+        try:
+            parse_money(value, decimals)
+            accepted = True
+        except MoneyError:
+            accepted = False
+        assert (pattern.search(value) is not None) == accepted, (value, decimals)
 
 
 def test_the_request_schemas_say_what_the_gateway_accepts(gateway: str) -> None:
