@@ -11,10 +11,22 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
 from jsonschema import Draft202012Validator, FormatChecker
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+)
 
 from monitoring.metrics import process_metrics
 from paxyo.money import MoneyError, parse_money
@@ -236,19 +248,6 @@ def test_the_request_schemas_say_what_the_gateway_accepts(gateway: str) -> None:
 
 def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(gateway: str) -> None:
     """A bounded schemathesis run against the live gateway, from its own /v1/openapi.json."""
-    import schemathesis
-    from hypothesis import HealthCheck, given
-    from hypothesis import settings as hypothesis_settings
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.generation import GenerationMode
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        negative_data_rejection,
-        response_schema_conformance,
-        status_code_conformance,
-        unsupported_method,
-    )
-
     schema = schemathesis.openapi.from_url(gateway + "/v1/openapi.json")
     # no 5xx, answers as documented; and what the schema refuses, the gateway refuses (4xx)
     checks = [not_a_server_error, response_schema_conformance, status_code_conformance,

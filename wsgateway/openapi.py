@@ -45,10 +45,12 @@ def money_pattern(decimals: int) -> str:
 
 
 def _provider_pattern(names: list[str]) -> str:
-    """The configured provider names, ASCII case-insensitively (``GodOfPanel`` too)."""
+    """The configured provider names, ASCII case-insensitively (``GodOfPanel`` too).
+
+    Names are ``[a-z0-9_]`` (``PAXYO_PROVIDER_<NAME>_URL``): nothing to escape.
+    """
     def insensitive(name: str) -> str:
-        return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else
-                       (c if c.isalnum() or c == "_" else "\\" + c) for c in name)
+        return "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in name)
     return "^(?:" + "|".join(insensitive(name) for name in names) + ")$" if names else "^(?!)$"
 
 
