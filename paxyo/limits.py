@@ -19,6 +19,11 @@ MAX_QUANTITY = 10**9            # an order's quantity, 1..MAX_QUANTITY
 MAX_REMAINS = 10**15
 
 PROVIDER_ORDER_ID_MAX = 64
+
+# Text fields of the /v1 API, in characters.
+MAX_REFERENCE = 150             # a deposit's reference
+MAX_SERVICE = 64                # an order's service (column String(64))
+MAX_LINK = 4096                 # an order's link
 _PROVIDER_ORDER_ID = re.compile(rf"[A-Za-z0-9]{{1,{PROVIDER_ORDER_ID_MAX}}}", re.ASCII)
 
 

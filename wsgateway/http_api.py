@@ -1,6 +1,7 @@
 """The /v1 HTTP API the panel calls (deposits, accounts, orders) and JSON error handling.
 
-Every route needs ``Authorization: Bearer $PAXYO_ADMIN_TOKEN``. Input is validated before it
+Every route needs ``Authorization: Bearer $PAXYO_ADMIN_TOKEN`` except ``GET /v1/openapi.json``,
+the OpenAPI 3.1 description of the rest (:mod:`wsgateway.openapi`). Input is validated before it
 reaches the domain: bad input is always a 400 naming the field, never a 500. Money is an ASCII
 decimal string (or an int) below ``paxyo.limits.MONEY_LIMIT``; a JSON number with a fraction
 is refused, because money is never a float. Ids are positive integers up to ``MAX_ID`` (digits
@@ -27,19 +28,25 @@ from aiohttp.http_exceptions import BadHttpMessage
 from paxyo.accounts import deposit, get_balance
 from paxyo.errors import Conflict, NotFound
 from paxyo.ledger import BalanceLimitExceeded
-from paxyo.limits import MAX_ID, MAX_QUANTITY, PROVIDER_ORDER_ID_MAX, is_provider_order_id
+from paxyo.limits import (
+    MAX_ID,
+    MAX_LINK,
+    MAX_QUANTITY,
+    MAX_REFERENCE,
+    MAX_SERVICE,
+    PROVIDER_ORDER_ID_MAX,
+    is_provider_order_id,
+)
 from paxyo.money import MoneyError, format_money, parse_money
 from paxyo.orders import NewOrder, get_order, place_order
 from paxyo.settings import Settings
 from wsgateway.auth import admin_authorized
+from wsgateway.openapi import OPENAPI_PATH, build_openapi
 from wsgateway.responses import BadRequest, UnreadableBody, error_response, json_response
 from wsgateway.state import ENGINE, SETTINGS, publish_event, run_blocking
 
 log = logging.getLogger("wsgateway.http")
 
-MAX_REFERENCE = 150
-MAX_SERVICE = 64
-MAX_LINK = 4096
 _DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
 _KEPT_HEADERS = (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER)
 # Content-Encodings aiohttp decodes (or that mean none); with any other the body we would read
@@ -96,6 +103,8 @@ async def _discard_body(request: web.Request, response: web.StreamResponse) -> N
 
 @web.middleware
 async def admin_middleware(request: web.Request, handler) -> web.StreamResponse:  # type: ignore[no-untyped-def]
+    if request.match_info.handler is get_openapi:  # the API's description is public
+        return await handler(request)
     settings = request.config_dict[SETTINGS]
     if not admin_authorized(request.headers.get(hdrs.AUTHORIZATION), settings.admin_token,
                             demo=settings.demo):
@@ -112,7 +121,20 @@ def create_api() -> web.Application:
     api.router.add_get("/accounts/{user_id}", get_account)
     api.router.add_post("/orders", post_order)
     api.router.add_get("/orders/{order_id}", get_order_view)
+    api.router.add_get(OPENAPI_PATH, get_openapi)
+    api[_OPENAPI] = {}
     return api
+
+
+_OPENAPI = web.AppKey("openapi", dict[str, bytes])
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document, built once per application from its settings."""
+    cache = request.app[_OPENAPI]
+    if "document" not in cache:
+        cache["document"] = orjson.dumps(build_openapi(request.config_dict[SETTINGS]))
+    return web.Response(body=cache["document"], content_type="application/json")
 
 
 async def post_deposit(request: web.Request) -> web.Response:
