@@ -243,3 +243,21 @@ def test_the_command_lines_database_and_redis_reach_the_jobs(rig, tmp_path):
             assert conn.execute(sa.select(sa.func.count()).select_from(orders)).scalar() == 0
     finally:
         engine.dispose()
+
+
+def test_a_killed_workers_scheduler_does_not_outlive_it(rig):
+    """SIGKILL gives the worker no chance to stop the scheduler process it forked; the
+    scheduler, riding out Redis outages, must not then wait for its Redis forever."""
+    import psutil
+
+    rig.redis.start()
+    worker = rig.start_worker()
+    rig.wait_checked(rig.enqueue_shard(), worker)
+    wait_until("the worker's scheduler process",
+               lambda: bool(psutil.Process(worker.pid).children()), 20)
+    [scheduler] = psutil.Process(worker.pid).children()
+    worker.kill()
+    worker.wait(5)
+    rig.redis.stop()  # the orphan's Redis goes too: it would wait on it
+    wait_until("the orphaned scheduler to exit", lambda: not scheduler.is_running()
+               or scheduler.status() == psutil.STATUS_ZOMBIE, 15)

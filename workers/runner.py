@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -61,7 +62,14 @@ class ShardScheduler(RQScheduler):
         self._install_signal_handlers()
         outage = RedisOutage(self.redis_url, self.log, level=logging.DEBUG)
         registered = False
-        while not self._stop_requested:
+        worker = os.getppid()
+
+        def stopping() -> bool:
+            # A worker killed outright (SIGKILL) leaves its scheduler behind: without this it
+            # would wait for its Redis forever, an orphan.
+            return self._stop_requested or os.getppid() != worker
+
+        while not stopping():
             try:
                 if not registered:  # again after an outage: Redis may have lost it
                     self.register_birth()
@@ -72,7 +80,7 @@ class ShardScheduler(RQScheduler):
                 self.enqueue_scheduled_jobs()
             except REDIS_DOWN as exc:
                 registered = False
-                outage.wait(exc, stopping=lambda: self._stop_requested)
+                outage.wait(exc, stopping=stopping)
                 continue
             time.sleep(self.interval)
         with contextlib.suppress(*REDIS_DOWN):
