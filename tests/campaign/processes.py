@@ -9,6 +9,7 @@ restarted, so that one dead worker does not hide what else a run would find.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -126,9 +127,11 @@ class ProcessSet:
     def _spawn(self, managed: Managed) -> None:
         log = self.run_dir / f"{managed.name}.log"
         with open(log, "ab") as out:
+            # Its own process group: a kill takes its children too (a worker's RQ scheduler
+            # is a child process, which would otherwise outlive a SIGKILLed worker).
             managed.process = subprocess.Popen(
                 managed.argv, cwd=ROOT, env=self.environment(), stdout=out,
-                stderr=subprocess.STDOUT)
+                stderr=subprocess.STDOUT, start_new_session=True)
         managed.starts += 1
         managed.started_at = time.monotonic()
         managed.expected_down = False
@@ -137,8 +140,8 @@ class ProcessSet:
         """SIGKILL a process; it stays down until :meth:`restart`."""
         managed = self.processes[name]
         managed.expected_down = True
-        if managed.process is not None and managed.process.poll() is None:
-            managed.process.kill()
+        if managed.process is not None:
+            _kill_group(managed.process)
             managed.process.wait()
 
     def restart(self, name: str) -> None:
@@ -189,9 +192,15 @@ class ProcessSet:
 
     def stop_all(self) -> None:
         for managed in self.processes.values():
-            if managed.process is not None and managed.process.poll() is None:
-                managed.process.kill()
+            if managed.process is not None:
+                _kill_group(managed.process)
         for managed in self.processes.values():
             if managed.process is not None:
                 managed.process.wait()
         self.stop_redis(hard=True)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the process and every process of its group (it leads its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
