@@ -23,7 +23,8 @@ ORDER = {"id": 123, "user_id": 111, "provider": "GodOfPanel", "provider_order_id
          "quantity": 1000, "charge": "10.00", "service": 1, "link": "https://example.com/p/1"}
 
 
-def _settings(sqlite_url: str, redis_url: str, redis_prefix: str) -> Settings:
+def api_settings(sqlite_url: str, redis_url: str, redis_prefix: str, **env: str) -> Settings:
+    """A gateway's settings for API tests: one provider (never called), fixed secrets."""
     return Settings.from_env({
         "DATABASE_URL": sqlite_url,
         "REDIS_URL": redis_url,
@@ -32,6 +33,7 @@ def _settings(sqlite_url: str, redis_url: str, redis_prefix: str) -> Settings:
         "PAXYO_PROVIDER_GODOFPANEL_KEY": "k",
         "PAXYO_JWT_SECRET": "test-jwt-secret-that-is-long-enough",
         "PAXYO_ADMIN_TOKEN": TOKEN,
+        **env,
     })
 
 
@@ -64,7 +66,7 @@ def _serve(settings: Settings) -> Iterator[Api]:
 
 @pytest.fixture
 def gateway_settings(sqlite_url: str, redis_url: str, redis_prefix: str) -> Settings:
-    return _settings(sqlite_url, redis_url, redis_prefix)
+    return api_settings(sqlite_url, redis_url, redis_prefix)
 
 
 @pytest.fixture
@@ -282,7 +284,7 @@ def test_integer_beyond_64_bits_is_a_400(api: Api) -> None:
 @pytest.fixture
 def any_api(any_database_url: str, redis_url: str, redis_prefix: str) -> Iterator[Api]:
     """The API on each database: some bad input only broke on one of them."""
-    yield from _serve(_settings(any_database_url, redis_url, redis_prefix))
+    yield from _serve(api_settings(any_database_url, redis_url, redis_prefix))
 
 
 @pytest.fixture
@@ -485,7 +487,7 @@ def test_a_gzip_body_is_accepted(api: Api) -> None:
 
 def test_an_order_for_an_unconfigured_provider_is_refused(
         sqlite_url: str, redis_url: str, redis_prefix: str, no_tracebacks: None) -> None:
-    settings = _settings(sqlite_url, redis_url, redis_prefix).with_overrides(providers={})
+    settings = api_settings(sqlite_url, redis_url, redis_prefix).with_overrides(providers={})
     for api in _serve(settings):
         api.deposit(111, "25.00")
         _assert_refused(api.call("POST", "/v1/orders", ORDER), "provider")

@@ -30,34 +30,17 @@ from schemathesis.specs.openapi.checks import (
 
 from monitoring.metrics import process_metrics
 from paxyo.money import MoneyError, parse_money
-from paxyo.settings import Settings
 from tests.support import ServerThread, http_json
+from tests.test_http_api import AUTH, ORDER, api_settings
 from wsgateway.app import create_app
 from wsgateway.openapi import build_openapi, money_pattern
 
-TOKEN = "test-admin-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-ORDER = {"id": 123, "user_id": 111, "provider": "GodOfPanel", "provider_order_id": 23501,
-         "quantity": 1000, "charge": "10.00", "service": 1, "link": "https://example.com/p/1"}
 _DOC = "urn:paxyo:openapi"
-
-
-def _settings(sqlite_url: str, redis_url: str, redis_prefix: str, **env: str) -> Settings:
-    return Settings.from_env({
-        "DATABASE_URL": sqlite_url,
-        "REDIS_URL": redis_url,
-        "PAXYO_REDIS_PREFIX": redis_prefix,
-        "PAXYO_PROVIDER_GODOFPANEL_URL": "http://127.0.0.1:9/api/v2",  # never called here
-        "PAXYO_PROVIDER_GODOFPANEL_KEY": "k",
-        "PAXYO_JWT_SECRET": "test-jwt-secret-that-is-long-enough",
-        "PAXYO_ADMIN_TOKEN": TOKEN,
-        **env,
-    })
 
 
 @pytest.fixture
 def gateway(sqlite_url: str, redis_url: str, redis_prefix: str) -> Iterator[str]:
-    settings = _settings(sqlite_url, redis_url, redis_prefix)
+    settings = api_settings(sqlite_url, redis_url, redis_prefix)
     server = ServerThread(lambda: create_app(settings, process_metrics()))
     server.start()
     try:
@@ -108,7 +91,7 @@ class Spec:
 
 def test_the_document_is_valid_openapi_3_1(sqlite_url, redis_url, redis_prefix) -> None:
     for decimals in ("0", "2", "8"):
-        doc = build_openapi(_settings(sqlite_url, redis_url, redis_prefix,
+        doc = build_openapi(api_settings(sqlite_url, redis_url, redis_prefix,
                                       PAXYO_MONEY_DECIMALS=decimals))
         validate(doc, cls=OpenAPIV31SpecValidator)
         assert doc["openapi"].startswith("3.1")
