@@ -126,6 +126,9 @@ def database_gauges(db: ops.DatabaseStatus, settings: Settings) -> Iterator[Metr
                             value=settings.poll_interval)
     yield GaugeMetricFamily("paxyo_outbox_backlog", "Outbox events not yet published to Redis",
                             value=db.outbox_backlog)
+    yield GaugeMetricFamily("paxyo_webhook_backlog",
+                            "Events queued for webhook delivery and not yet delivered",
+                            value=db.webhook_backlog)
 
 
 def redis_gauges(rs: ops.RedisStatus) -> Iterator[Metric]:

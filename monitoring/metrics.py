@@ -33,6 +33,7 @@ class Metrics:
         self._providers(registry)
         self._dispatcher(registry)
         self._gateway(registry)
+        self._webhooks(registry)
 
     def _orders(self, registry: CollectorRegistry) -> None:
         self.orders_checked = Counter(
@@ -82,6 +83,13 @@ class Metrics:
         self.delivery_latency = BatchedHistogram(  # observed once per batch of events
             "paxyo_gateway_delivery_latency_seconds",
             "Event creation to socket write", buckets=DELIVERY_BUCKETS, registry=registry)
+
+    def _webhooks(self, registry: CollectorRegistry) -> None:
+        self.webhook_deliveries = Counter(
+            "paxyo_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome (delivered, http_error, timeout, "
+            "connection_error; failed when an event is given up)",
+            ["outcome"], registry=registry)
 
     def count_applied(self, provider: str, report: ApplyReport) -> None:
         """Count a committed reply: orders checked, unusable entries, transitions, refunds."""

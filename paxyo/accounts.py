@@ -33,8 +33,11 @@ class DepositResult:
 
 
 def deposit(engine: Engine, user_id: int, amount: Decimal, reference: str,
-            decimals: int) -> DepositResult:
-    """Credit ``amount`` once per (user, reference); repeating it changes nothing."""
+            decimals: int, *, webhook: bool = False) -> DepositResult:
+    """Credit ``amount`` once per (user, reference); repeating it changes nothing.
+
+    ``webhook``: also queue the event for webhook delivery (PAXYO_WEBHOOK_URL is set).
+    """
     key = f"deposit:{user_id}:{reference}"
 
     def run(conn: Connection) -> DepositResult:
@@ -52,7 +55,7 @@ def deposit(engine: Engine, user_id: int, amount: Decimal, reference: str,
         new_balance = post_entry(conn, balance=balance, entry=entry, now=now)
         event = record_event(conn, user_id, BALANCE_UPDATED, balance_event_body(
             user_id=user_id, amount=amount, balance=new_balance, reason="deposit",
-            reference=reference, decimals=decimals), now)
+            reference=reference, decimals=decimals), now, webhook=webhook)
         return DepositResult(user_id, new_balance, created=True, event=event)
 
     return transactional(engine, run)

@@ -18,12 +18,14 @@ from sqlalchemy.engine import Connection
 
 from paxyo.clock import iso_z
 from paxyo.money import format_money
-from paxyo.store.schema import outbox
+from paxyo.store.schema import outbox, webhook_deliveries
 
 ORDER_UPDATED = "order.updated"
 BALANCE_UPDATED = "balance.updated"
+WEBHOOK_PENDING = "pending"  # a webhook_deliveries row still to send
 ID_WIDTH = 16
 _INSERT_EVENT = insert(outbox)  # built once: it runs for every change
+_INSERT_WEBHOOK = insert(webhook_deliveries)
 
 
 def event_id(outbox_id: int) -> str:
@@ -49,12 +51,21 @@ class PendingEvent:
 
 
 def record_event(conn: Connection, user_id: int, type_: str, body: dict[str, Any],
-                 at: datetime) -> PendingEvent:
-    """Insert an outbox row for ``body`` (without type and id) in the caller's transaction."""
+                 at: datetime, *, webhook: bool = False) -> PendingEvent:
+    """Insert an outbox row for ``body`` (without type and id) in the caller's transaction.
+
+    With ``webhook`` (PAXYO_WEBHOOK_URL is set) the event is also queued for webhook delivery
+    (:mod:`paxyo.webhook_queue`), in the same transaction, so that none is ever lost.
+    """
     payload = orjson.dumps({**body, "at": iso_z(at)})
     result = conn.execute(_INSERT_EVENT, {"user_id": user_id, "type": type_, "payload": payload,
                                           "created_at": at})
-    return PendingEvent(outbox_id=int(result.inserted_primary_key[0]), user_id=user_id)
+    outbox_id = int(result.inserted_primary_key[0])
+    if webhook:
+        conn.execute(_INSERT_WEBHOOK, {"event_id": outbox_id, "user_id": user_id,
+                                       "state": WEBHOOK_PENDING, "attempts": 0,
+                                       "next_attempt_at": at})
+    return PendingEvent(outbox_id=outbox_id, user_id=user_id)
 
 
 def event_bytes(outbox_id: int, type_: str, payload: bytes) -> bytes:

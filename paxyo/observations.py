@@ -159,12 +159,14 @@ def apply_observations(
     decimals: int,
     poll_interval: float,
     release: Callable[[Connection], object] | None = None,
+    webhook: bool = False,
 ) -> ApplyReport:
     """Apply one provider reply (keyed by provider order id) to the given panel orders.
 
     ``release``, if given, runs last in the same transaction (a worker frees its shard's
     leases there, saving a write transaction per shard). The caller counts the returned
-    report in its metrics once it is committed.
+    report in its metrics once it is committed. ``webhook``: also queue each event for
+    webhook delivery (PAXYO_WEBHOOK_URL is set).
     """
     ids = list(order_ids)
     if not ids:
@@ -178,7 +180,8 @@ def apply_observations(
 
     def run(conn: Connection) -> list[AppliedChange | _Rejected | None]:
         applied = [_apply_alone(conn, row, status, remains, observed_at, decimals,
-                                poll_interval) for row, status, remains in decisions.pending]
+                                poll_interval, webhook)
+                   for row, status, remains in decisions.pending]
         refused = [_Touch(r.order_id, r.review_status) for r in applied
                    if isinstance(r, _Rejected)]
         if decisions.touches or refused:
@@ -209,8 +212,8 @@ class _Rejected:
 
 
 def _apply_alone(conn: Connection, row: Row, status: Status, remains: int | None,
-                 observed_at: datetime, decimals: int,
-                 poll_interval: float) -> AppliedChange | _Rejected | None:
+                 observed_at: datetime, decimals: int, poll_interval: float,
+                 webhook: bool) -> AppliedChange | _Rejected | None:
     """One change in its own savepoint, so that a change that fails is undone on its own.
 
     Lock conflicts (deadlocks, serialization failures, a busy SQLite) are not this change's
@@ -219,7 +222,7 @@ def _apply_alone(conn: Connection, row: Row, status: Status, remains: int | None
     try:
         with conn.begin_nested():
             return _apply_change(conn, row.id, status, remains, observed_at, decimals,
-                                 poll_interval)
+                                 poll_interval, webhook)
     except Exception as exc:
         if is_retryable(exc):
             raise
@@ -234,8 +237,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _apply_change(conn: Connection, order_id: int, status: Status, remains: int | None,
-                  observed_at: datetime, decimals: int,
-                  poll_interval: float) -> AppliedChange | None:
+                  observed_at: datetime, decimals: int, poll_interval: float,
+                  webhook: bool) -> AppliedChange | None:
     row = conn.execute(_LOCK_ORDER, {"p_oid": order_id}).first()
     if (row is None or row.status_class != OPEN
             or (row.observed_at is not None and row.observed_at > observed_at)):
@@ -263,7 +266,7 @@ def _apply_change(conn: Connection, order_id: int, status: Status, remains: int 
     event = record_event(conn, row.user_id, ORDER_UPDATED, order_event_body(
         order_id=order_id, user_id=row.user_id, status=status.name,
         previous_status=row.status, remains=remains, quantity=row.quantity, refund=top_up,
-        balance=balance, decimals=decimals), now)
+        balance=balance, decimals=decimals), now, webhook=webhook)
     return AppliedChange(order_id, row.user_id, row.status, status.name, remains, top_up,
                          balance, event)
 

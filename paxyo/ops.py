@@ -19,12 +19,13 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import Engine, func, select
 
-from paxyo.clock import utcnow
+from paxyo.clock import iso_z, utcnow
 from paxyo.keys import Keys
 from paxyo.protection import CircuitBreaker, CircuitState
 from paxyo.settings import Settings
 from paxyo.statuses import StatusClass
 from paxyo.store.schema import orders, outbox
+from paxyo.webhook_queue import WebhookStatus, pending_count
 
 GATEWAY_ALIVE_SECONDS = 30.0  # a gateway whose heartbeat is older counts as down
 CIRCUIT_LEVELS = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -36,6 +37,7 @@ class DatabaseStatus:
     due_now: int
     lag_seconds: float
     outbox_backlog: int
+    webhook_backlog: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def read_database_status(engine: Engine, now: datetime | None = None) -> Databas
         backlog = conn.execute(select(func.count()).select_from(outbox)
                                .where(outbox.c.published_at.is_(None))).scalar_one()
     return DatabaseStatus(open_orders={p: int(n) for p, n in per_provider}, due_now=int(due),
-                          lag_seconds=dispatcher_lag(engine, now), outbox_backlog=int(backlog))
+                          lag_seconds=dispatcher_lag(engine, now), outbox_backlog=int(backlog),
+                          webhook_backlog=pending_count(engine))
 
 
 def read_queue_status(client: redis.Redis, queue_name: str) -> QueueStatus:
@@ -143,6 +146,7 @@ def format_status(db: DatabaseStatus, rs: RedisStatus, now: float | None = None)
         f"dispatcher: leader {d.leader or 'none'} (term {d.term}, {beat}), "
         f"lag {db.lag_seconds:.1f}s",
         f"outbox backlog: {db.outbox_backlog}",
+        f"webhook backlog: {db.webhook_backlog}",
         f"gateways up: {rs.gateways_up}",
     ]
     return "\n".join(lines)
@@ -202,3 +206,19 @@ def format_failed(jobs: list[FailedJob]) -> str:
 def _last_line(text: str | None) -> str:
     lines = [line for line in (text or "").strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else "(no error recorded)"
+
+
+def format_webhook_status(status: WebhookStatus, settings: Settings, now: datetime) -> str:
+    """``paxyo webhooks status``: where events go, what waits, what failed last."""
+    oldest = ("none" if status.oldest_pending_at is None
+              else f"{(now - status.oldest_pending_at).total_seconds():.0f}s ago")
+    last = ("none" if status.last_error is None
+            else f"{status.last_error} (at {iso_z(status.last_error_at)})"
+            if status.last_error_at else status.last_error)
+    return "\n".join([
+        f"webhook url: {settings.webhook_url or 'not set (PAXYO_WEBHOOK_URL): nothing is queued'}",
+        f"backlog: {status.pending} event(s) to deliver",
+        f"oldest undelivered: {oldest}",
+        f"failed (given up; `paxyo webhooks retry --all`): {status.failed}",
+        f"last error: {last}",
+    ])

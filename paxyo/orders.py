@@ -51,9 +51,12 @@ class PlaceResult:
     event: PendingEvent | None
 
 
-def place_order(engine: Engine, new: NewOrder, *, decimals: int,
-                poll_interval: float) -> PlaceResult:
-    """Register an order and debit its charge; the identical request again changes nothing."""
+def place_order(engine: Engine, new: NewOrder, *, decimals: int, poll_interval: float,
+                webhook: bool = False) -> PlaceResult:
+    """Register an order and debit its charge; the identical request again changes nothing.
+
+    ``webhook``: also queue the event for webhook delivery (PAXYO_WEBHOOK_URL is set).
+    """
 
     def run(conn: Connection) -> PlaceResult:
         now = utcnow()
@@ -81,7 +84,7 @@ def place_order(engine: Engine, new: NewOrder, *, decimals: int,
         event = record_event(conn, new.user_id, ORDER_UPDATED, order_event_body(
             order_id=new.id, user_id=new.user_id, status=PENDING.name, previous_status=None,
             remains=new.quantity, quantity=new.quantity, refund=ZERO, balance=new_balance,
-            decimals=decimals), now)
+            decimals=decimals), now, webhook=webhook)
         row = _load(conn, new.id)
         assert row is not None
         return PlaceResult(order_view(row, decimals), created=True, event=event)

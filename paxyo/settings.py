@@ -57,6 +57,9 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     log_format: str = "text"
     metrics_port: int | None = None  # worker/dispatcher: also serve own metrics on this port
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_timeout: float = 10.0
     demo: bool = False
 
     @classmethod
@@ -79,6 +82,7 @@ class Settings:
         _number(env, values, "PAXYO_HISTORY_SIZE", "history_size", int, 1, 100_000)
         _number(env, values, "PAXYO_HISTORY_TTL", "history_ttl", float, 1, 30 * 86400)
         _number(env, values, "PAXYO_METRICS_PORT", "metrics_port", int, 1, 65535)
+        _number(env, values, "PAXYO_WEBHOOK_TIMEOUT", "webhook_timeout", float, 0.5, 60)
         for var, key in (("PAXYO_JWT_SECRET", "jwt_secret"), ("PAXYO_ADMIN_TOKEN", "admin_token"),
                          ("PAXYO_CURRENCY", "currency"), ("PAXYO_REDIS_PREFIX", "redis_prefix"),
                          ("PAXYO_QUEUE", "queue_name")):
@@ -94,11 +98,17 @@ class Settings:
             if fmt not in ("text", "json"):
                 raise SettingsError("PAXYO_LOG_FORMAT", f"must be text or json, not {fmt!r}")
             values["log_format"] = fmt
+        _webhook(env, values)
         if "PAXYO_DEMO" in env:
             values["demo"] = env["PAXYO_DEMO"].strip().lower() in ("1", "true", "yes")
         values["providers"] = _providers(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        """Events are queued for webhook delivery (PAXYO_WEBHOOK_URL is set)."""
+        return self.webhook_url is not None
 
     def with_overrides(self, **overrides: object) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
@@ -131,6 +141,27 @@ def _number(env: Mapping[str, str], values: dict[str, object], var: str, key: st
     if not low <= value <= high:
         raise SettingsError(var, f"must be between {low:g} and {high:g}, not {raw}")
     values[key] = value
+
+
+def _webhook(env: Mapping[str, str], values: dict[str, object]) -> None:
+    url = env.get("PAXYO_WEBHOOK_URL", "").strip()
+    secret = env.get("PAXYO_WEBHOOK_SECRET", "").strip()
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 (a port out of range raises here)
+    except ValueError:
+        host = None
+    if (host is None or parts.scheme not in ("http", "https")
+            or any(ord(c) < 33 or ord(c) == 127 for c in url)):
+        raise SettingsError("PAXYO_WEBHOOK_URL", f"must be an http or https URL, not {url!r}")
+    if not secret:
+        raise SettingsError("PAXYO_WEBHOOK_SECRET",
+                            "is required when PAXYO_WEBHOOK_URL is set (the HMAC key)")
+    values["webhook_url"] = url
+    values["webhook_secret"] = secret
 
 
 def _url(var: str, raw: str, schemes: tuple[str, ...]) -> str:

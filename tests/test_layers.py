@@ -2,9 +2,9 @@
 
 - the core (``paxyo`` without ``paxyo.cli``) imports only the standard library, third-party
   libraries and other core modules;
-- ``providers`` and ``monitoring`` import only the core; ``dispatcher`` and ``wsgateway`` the
-  core and ``monitoring``; ``workers`` also ``providers``; ``dispatcher`` and ``workers``
-  never each other;
+- ``providers`` and ``monitoring`` import only the core; ``dispatcher``, ``wsgateway`` and
+  ``webhooks`` the core and ``monitoring``; ``workers`` also ``providers``; ``dispatcher``
+  and ``workers`` never each other;
 - ``paxyo.cli``, the entry package, may import anything, and nothing imports it;
 - no two modules import each other, directly or through others.
 """
@@ -16,7 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("paxyo", "providers", "dispatcher", "workers", "wsgateway", "monitoring")
+PACKAGES = ("paxyo", "providers", "dispatcher", "workers", "wsgateway", "monitoring",
+            "webhooks")
 ENTRY = "paxyo.cli"
 ALLOWED = {
     "paxyo": set(),
@@ -25,7 +26,9 @@ ALLOWED = {
     "dispatcher": {"paxyo", "monitoring"},
     "wsgateway": {"paxyo", "monitoring"},
     "workers": {"paxyo", "monitoring", "providers"},
-    ENTRY: {"paxyo", "providers", "monitoring", "dispatcher", "wsgateway", "workers"},
+    "webhooks": {"paxyo", "monitoring"},
+    ENTRY: {"paxyo", "providers", "monitoring", "dispatcher", "wsgateway", "workers",
+            "webhooks"},
 }
 
 

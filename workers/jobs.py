@@ -50,7 +50,7 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
     report = apply_observations(
         ctx.engine, provider, list(refs), replies, observed_at=observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval,
-        release=releaser(token))
+        release=releaser(token), webhook=settings.webhooks_enabled)
     ctx.metrics.count_applied(provider, report)
     _log_changes(report.changes)
     _publish(ctx, [c.event.outbox_id for c in report.changes])

@@ -146,7 +146,7 @@ async def post_deposit(request: web.Request) -> web.Response:
     reference = _text(body, "reference", MAX_REFERENCE)
     try:
         result = await run_blocking(state, deposit, state[ENGINE], user_id, amount, reference,
-                                    settings.money_decimals)
+                                    settings.money_decimals, webhook=settings.webhooks_enabled)
     except BalanceLimitExceeded as exc:
         raise BadRequest(f"amount: {exc}") from None
     await publish_event(state, result.event)
@@ -188,7 +188,7 @@ async def get_order_view(request: web.Request) -> web.Response:
 
 def _place(engine, new: NewOrder, settings: Settings):  # type: ignore[no-untyped-def]
     return place_order(engine, new, decimals=settings.money_decimals,
-                       poll_interval=settings.poll_interval)
+                       poll_interval=settings.poll_interval, webhook=settings.webhooks_enabled)
 
 
 # -- input validation -------------------------------------------------------------------------

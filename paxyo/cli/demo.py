@@ -110,7 +110,8 @@ def seed_demo(settings: Settings, config: ProviderConfig) -> None:
     engine = open_engine(settings.database_url)
     try:
         for user_id, amount in DEMO_USERS.items():
-            deposit(engine, user_id, amount, f"demo-welcome-{user_id}", settings.money_decimals)
+            deposit(engine, user_id, amount, f"demo-welcome-{user_id}", settings.money_decimals,
+                    webhook=settings.webhooks_enabled)
         for number, (user_id, provider_order_id, quantity) in enumerate(
                 asyncio.run(_place_demo_orders(config)), start=1):
             place_order(engine, NewOrder(
@@ -118,7 +119,8 @@ def seed_demo(settings: Settings, config: ProviderConfig) -> None:
                 provider_order_id=provider_order_id, quantity=quantity,
                 charge=demo_charge(quantity), service="1",
                 link=f"https://instagram.com/demo{user_id}"),
-                decimals=settings.money_decimals, poll_interval=settings.poll_interval)
+                decimals=settings.money_decimals, poll_interval=settings.poll_interval,
+                webhook=settings.webhooks_enabled)
     finally:
         engine.dispose()
 

@@ -171,6 +171,66 @@ def cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from paxyo import webhook_queue
+    from paxyo.clock import utcnow
+    from paxyo.events import parse_event_id
+    from paxyo.ops import format_webhook_status
+    from paxyo.store.engine import open_engine
+
+    command = f"paxyo webhooks {args.webhooks_command}"
+    if args.webhooks_command == "run":
+        return _run_webhooks(settings)
+    ids: list[int] | None = None
+    if args.webhooks_command == "retry":
+        if args.all == bool(args.event_ids):
+            print(f"{command}: give EVENT_ID... or --all", file=sys.stderr)
+            return 2
+        parsed = [(raw, parse_event_id(raw)) for raw in args.event_ids]
+        bad = [raw for raw, value in parsed if value is None]
+        if bad:
+            print(f"{command}: not an event id: {', '.join(map(repr, bad))}", file=sys.stderr)
+            return 2
+        ids = None if args.all else [value for _, value in parsed if value is not None]
+    engine = open_engine(settings.database_url)
+    try:
+        if args.webhooks_command == "status":
+            print(format_webhook_status(webhook_queue.read_status(engine), settings, utcnow()))
+            return 0
+        queued = webhook_queue.retry(engine, ids, utcnow())
+    except webhook_queue.UnknownEvents as exc:
+        print(f"{command}: no such event: {', '.join(map(str, exc.args[0]))}; nothing queued",
+              file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"{command}: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"queued {queued} event(s) for delivery")
+    return 0
+
+
+def _run_webhooks(settings: Settings) -> int:
+    import redis
+
+    from monitoring.metrics import process_metrics
+    from paxyo.store.engine import open_engine
+    from webhooks.process import run_webhook_sender
+
+    engine = open_engine(settings.database_url)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                  socket_connect_timeout=5)
+    try:
+        run_webhook_sender(settings, engine, client, process_metrics())
+    finally:
+        client.close()
+        engine.dispose()
+    return 0
+
+
 def _print_flush(line: str) -> None:
     print(line, flush=True)
 
@@ -208,7 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="RQ worker that checks shards")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(func=cmd_worker)
-    for proc in (disp, worker):
+    hooks = sub.add_parser("webhooks", help="signed event POSTs to PAXYO_WEBHOOK_URL")
+    hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
+    hooks_run = hooks_sub.add_parser("run", help="the sender process (Procfile webhooks)")
+    hooks_run.set_defaults(func=cmd_webhooks)
+    hooks_sub.add_parser("status", help="backlog, oldest undelivered, last error").set_defaults(
+        func=cmd_webhooks)
+    hooks_retry = hooks_sub.add_parser("retry", help="deliver events again")
+    hooks_retry.add_argument("event_ids", nargs="*", metavar="EVENT_ID")
+    hooks_retry.add_argument("--all", action="store_true", help="every failed event")
+    hooks_retry.set_defaults(func=cmd_webhooks)
+    for proc in (disp, worker, hooks_run):
         proc.add_argument("--metrics-port", type=int,
                           help="also serve this process's metrics here (PAXYO_METRICS_PORT)")
 

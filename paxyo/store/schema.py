@@ -89,3 +89,23 @@ outbox = Table(
     Column("published_at", DateTime, nullable=True),
     Index("ix_outbox_unpublished", "published_at", "id"),
 )
+
+# Webhook deliveries still to make: one row per event, written in the event's own transaction
+# when webhooks are on, deleted once a 2xx answers it. A user's lowest pending row is their
+# cursor: only it is sent, so each user's events go out in id order.
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("event_id", BigInteger, primary_key=True, autoincrement=False),  # outbox.id
+    Column("user_id", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime, nullable=False),
+    Column("first_attempt_at", DateTime, nullable=True),
+    Column("last_attempt_at", DateTime, nullable=True),
+    Column("last_error", String(255), nullable=True),
+    # the sender holding it while a POST is in flight, and until when
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", DateTime, nullable=True),
+    Index("ix_webhook_user", "user_id", "state", "event_id"),
+    Index("ix_webhook_due", "state", "next_attempt_at"),
+)

@@ -1,0 +1,198 @@
+"""The webhook delivery queue in the database: what is still to POST, and who is POSTing it.
+
+An event meant for webhooks gets a ``webhook_deliveries`` row in the transaction that writes
+the event (:func:`paxyo.events.record_event`), so no crash, restart or Redis outage can lose
+one. A user's lowest pending row is that user's cursor: only it may be sent, so a user's
+events go out in id order, and a row is deleted once the receiver answers 2xx. Several senders
+share the work by claiming rows with a conditional UPDATE (a lease): a row is in flight at one
+sender at a time, and a sender that dies holding one gives it up when the lease runs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
+
+from paxyo.events import WEBHOOK_PENDING as PENDING
+from paxyo.events import event_bytes
+from paxyo.store.engine import transactional
+from paxyo.store.schema import outbox, webhook_deliveries
+
+FAILED = "failed"
+MAX_ERROR = 255
+
+_d = webhook_deliveries
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed event: its id, user, bytes to POST and delivery history so far."""
+
+    event_id: int
+    user_id: int
+    attempts: int
+    first_attempt_at: datetime | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookStatus:
+    pending: int
+    failed: int
+    oldest_pending_at: datetime | None  # when the oldest undelivered event was created
+    last_error: str | None
+    last_error_at: datetime | None
+
+
+class UnknownEvents(LookupError):
+    """Event ids that name no event in the outbox."""
+
+
+def _claimable(now: datetime):  # type: ignore[no-untyped-def]
+    return and_(_d.c.state == PENDING,
+                or_(_d.c.lease_until.is_(None), _d.c.lease_until < now))
+
+
+def _claim(conn: Connection, event_id: int, owner: str, now: datetime,
+           lease_until: datetime) -> bool:
+    result = conn.execute(update(_d).where(_d.c.event_id == event_id, _claimable(now))
+                          .values(lease_owner=owner, lease_until=lease_until))
+    return result.rowcount == 1
+
+
+def _deliveries(conn: Connection, event_ids: Sequence[int]) -> list[Delivery]:
+    rows = conn.execute(
+        select(_d.c.event_id, _d.c.user_id, _d.c.attempts, _d.c.first_attempt_at,
+               outbox.c.type, outbox.c.payload)
+        .join(outbox, outbox.c.id == _d.c.event_id)
+        .where(_d.c.event_id.in_(list(event_ids))).order_by(_d.c.event_id)).all()
+    return [Delivery(r.event_id, r.user_id, r.attempts, r.first_attempt_at,
+                     event_bytes(r.event_id, r.type, r.payload)) for r in rows]
+
+
+def claim_due(engine: Engine, owner: str, *, now: datetime, lease_seconds: float,
+              limit: int) -> list[Delivery]:
+    """Claim up to ``limit`` users' next events that are due, at most one per user."""
+    earlier = _d.alias("earlier")
+    heads = (select(_d.c.event_id)
+             .where(_d.c.state == PENDING, _d.c.next_attempt_at <= now,
+                    or_(_d.c.lease_until.is_(None), _d.c.lease_until < now),
+                    ~exists().where(earlier.c.user_id == _d.c.user_id,
+                                    earlier.c.state == PENDING,
+                                    earlier.c.event_id < _d.c.event_id))
+             .order_by(_d.c.next_attempt_at, _d.c.event_id).limit(limit))
+    lease_until = now + timedelta(seconds=lease_seconds)
+
+    def run(conn: Connection) -> list[Delivery]:
+        ids = [row.event_id for row in conn.execute(heads)]
+        claimed = [i for i in ids if _claim(conn, i, owner, now, lease_until)]
+        return _deliveries(conn, claimed) if claimed else []
+
+    return transactional(engine, run)
+
+
+def claim_next(engine: Engine, owner: str, user_id: int, *, now: datetime,
+               lease_seconds: float) -> Delivery | None:
+    """Claim this user's next pending event if it is due (after one was delivered)."""
+
+    def run(conn: Connection) -> Delivery | None:
+        head = conn.execute(
+            select(_d.c.event_id, _d.c.next_attempt_at)
+            .where(_d.c.user_id == user_id, _d.c.state == PENDING)
+            .order_by(_d.c.event_id).limit(1)).first()
+        if head is None or head.next_attempt_at > now:
+            return None
+        if not _claim(conn, head.event_id, owner, now,
+                      now + timedelta(seconds=lease_seconds)):
+            return None
+        return _deliveries(conn, [head.event_id])[0]
+
+    return transactional(engine, run)
+
+
+def mark_delivered(engine: Engine, event_id: int, owner: str) -> None:
+    transactional(engine, lambda conn: conn.execute(
+        delete(_d).where(_d.c.event_id == event_id, _d.c.lease_owner == owner)))
+
+
+def mark_attempt_failed(engine: Engine, delivery: Delivery, owner: str, *, error: str,
+                        now: datetime, retry_at: datetime | None) -> None:
+    """Record a failed attempt: retry at ``retry_at``, or (None) give the event up as failed."""
+    values: dict[str, object] = {
+        "attempts": delivery.attempts + 1,
+        "first_attempt_at": delivery.first_attempt_at or now,
+        "last_attempt_at": now, "last_error": error[:MAX_ERROR],
+        "lease_owner": None, "lease_until": None,
+    }
+    if retry_at is None:
+        values.update(state=FAILED, next_attempt_at=now)
+    else:
+        values.update(next_attempt_at=retry_at)
+    transactional(engine, lambda conn: conn.execute(
+        update(_d).where(_d.c.event_id == delivery.event_id, _d.c.lease_owner == owner)
+        .values(**values)))
+
+
+def release(engine: Engine, event_ids: Sequence[int], owner: str) -> None:
+    """Give back claims not attempted (a sender stopping)."""
+    if event_ids:
+        transactional(engine, lambda conn: conn.execute(
+            update(_d).where(_d.c.event_id.in_(list(event_ids)), _d.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)))
+
+
+def pending_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(_d)
+                                .where(_d.c.state == PENDING)).scalar_one())
+
+
+def read_status(engine: Engine) -> WebhookStatus:
+    with engine.connect() as conn:
+        counts = dict(conn.execute(select(_d.c.state, func.count()).group_by(_d.c.state)).all())
+        oldest = conn.execute(
+            select(outbox.c.created_at).join(_d, outbox.c.id == _d.c.event_id)
+            .where(_d.c.state == PENDING).order_by(_d.c.event_id).limit(1)).scalar()
+        last = conn.execute(
+            select(_d.c.last_error, _d.c.last_attempt_at).where(_d.c.last_error.is_not(None))
+            .order_by(_d.c.last_attempt_at.desc(), _d.c.event_id.desc()).limit(1)).first()
+    return WebhookStatus(pending=int(counts.get(PENDING, 0)), failed=int(counts.get(FAILED, 0)),
+                       oldest_pending_at=oldest,
+                       last_error=last.last_error if last else None,
+                       last_error_at=last.last_attempt_at if last else None)
+
+
+def retry(engine: Engine, event_ids: Sequence[int] | None, now: datetime) -> int:
+    """Send events again from their first attempt: every failed one (None) or these ids.
+
+    An id already delivered is queued again from the outbox. Unknown ids raise
+    :class:`UnknownEvents` and change nothing. Returns how many events were queued.
+    """
+    fresh = {"state": PENDING, "attempts": 0, "first_attempt_at": None,
+             "last_attempt_at": None, "last_error": None,
+             "next_attempt_at": now, "lease_owner": None, "lease_until": None}
+
+    def run(conn: Connection) -> int:
+        if event_ids is None:
+            return conn.execute(update(_d).where(_d.c.state == FAILED).values(**fresh)).rowcount
+        wanted = sorted(set(event_ids))
+        known = dict(conn.execute(select(outbox.c.id, outbox.c.user_id)
+                                  .where(outbox.c.id.in_(wanted))).all())
+        missing = [i for i in wanted if i not in known]
+        if missing:
+            raise UnknownEvents(missing)
+        queued = set(conn.execute(select(_d.c.event_id).where(_d.c.event_id.in_(wanted)))
+                     .scalars())
+        if queued:
+            conn.execute(update(_d).where(_d.c.event_id.in_(sorted(queued))).values(**fresh))
+        for event_id in wanted:
+            if event_id not in queued:
+                conn.execute(insert(_d).values(event_id=event_id, user_id=known[event_id],
+                                               state=PENDING, attempts=0, next_attempt_at=now))
+        return len(wanted)
+
+    return transactional(engine, run)

@@ -1,0 +1,1 @@
+"""The ``webhooks`` process: POSTs every event to the panel's own server, signed, in order."""
