@@ -418,3 +418,51 @@ def test_receiver_answers_500_when_the_database_fails(
     with _receiver(php, {**panel_db, "database": "no_such_database"}) as url:
         assert _deliver(url, body, _signature(body))[0] == 500
     assert _panel_state(panel_db) == ({111: Decimal("15.00"), 222: Decimal("5.00")}, [])
+
+
+def test_the_sender_delivers_real_refunds_to_the_example_receiver_once(
+        php: str, panel_db: dict[str, Any], engine: Any) -> None:
+    """Paxyo's own sender POSTs a Partial refund and a Canceled one to examples/webhook.php
+    (MariaDB): the panel's balance rises by exactly the refunds, also when one is sent again."""
+    from paxyo.accounts import deposit
+    from paxyo.clock import utcnow
+    from paxyo.observations import apply_observations
+    from paxyo.orders import NewOrder, place_order
+    from paxyo.status_entries import StatusEntry
+    from paxyo.webhook_queue import read_status, retry
+    from webhooks.sender import SenderConfig, WebhookSender
+
+    deposit(engine, 111, Decimal("20.00"), "pay-1", 2, webhook=True)
+    for oid in (1, 2):
+        place_order(engine, NewOrder(oid, 111, "sim", f"900{oid}", 1000, Decimal("10.00")),
+                    decimals=2, poll_interval=30, webhook=True)
+    report = apply_observations(
+        engine, "sim", [1, 2], {"9001": StatusEntry("Partial", 300, None, None),
+                                "9002": StatusEntry("Canceled", 0, None, None)},
+        observed_at=utcnow(), decimals=2, poll_interval=30, webhook=True)
+    assert [str(c.refund) for c in report.changes] == ["3.00", "10.00"]
+
+    def send_all(url: str) -> None:
+        sender = WebhookSender(engine, SenderConfig(url=url, secret=WEBHOOK_SECRET,
+                                                    timeout=10, poll_interval=0.05))
+
+        async def scenario() -> None:
+            task = asyncio.create_task(sender.run())
+            deadline = time.monotonic() + WAIT
+            while (await asyncio.to_thread(read_status, engine)).pending:
+                assert time.monotonic() < deadline, "not delivered"
+                await asyncio.sleep(0.05)
+            sender.stop()
+            await task
+
+        asyncio.run(scenario())
+
+    with _receiver(php, panel_db) as url:
+        send_all(url)
+        balances, applied = _panel_state(panel_db)
+        assert balances[111] == Decimal("28.00")  # 15.00 + 3.00 + 10.00
+        assert applied == [f"{n:016d}" for n in range(1, 6)]
+        retry(engine, [4, 5], utcnow())  # the refunds again: applied already, nothing changes
+        send_all(url)
+        assert _panel_state(panel_db) == (balances, applied)
+        assert read_status(engine).failed == 0

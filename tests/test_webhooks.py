@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -337,3 +338,45 @@ def test_status_reads_the_queue(hook_engine: sa.Engine) -> None:
     assert status.oldest_pending_at is not None
     assert (utcnow() - status.oldest_pending_at).total_seconds() < 60
     assert event_id(int(made[111][0])) == made[111][0]
+
+
+def test_the_api_and_the_worker_queue_their_events_for_the_panel(settings, simulator) -> None:
+    """Deposit and order over /v1, a Partial applied by a worker: the panel hears all three."""
+    from dispatcher.planner import plan_shards
+    from tests.support import http_json
+    from workers.context import build_context
+    from workers.jobs import run_shard
+    from wsgateway.app import create_app
+
+    receiver = Receiver()
+    hook_server = ServerThread(receiver.app)
+    hook_server.start()
+    hooked = settings.with_overrides(webhook_url=f"{hook_server.url}/hook",
+                                     webhook_secret=SECRET)
+    gateway = ServerThread(lambda: create_app(hooked, process_metrics()))
+    gateway.start()
+    ctx = build_context(hooked, process_metrics())
+    auth = {"Authorization": f"Bearer {hooked.admin_token}"}
+    try:
+        status, _ = http_json("POST", f"{gateway.url}/v1/accounts/111/deposits",
+                              {"amount": "10.00", "reference": "pay-1"}, headers=auth)
+        assert status == 201
+        status, _ = http_json("POST", f"{gateway.url}/v1/orders", {
+            "id": 5, "user_id": 111, "provider": "sim", "provider_order_id": "9005",
+            "quantity": 1000, "charge": "10.00"}, headers=auth)
+        assert status == 201
+        simulator.set_order(9005, status="Partial", remains=300)
+        [shard] = plan_shards(ctx.engine, now=utcnow() + timedelta(hours=1), poll_interval=30,
+                              lease_seconds=60)
+        assert run_shard(ctx, "sim", shard.order_ids, shard.token)["changed"] == 1
+        sender = WebhookSender(ctx.engine, fast_config(f"{hook_server.url}/hook"))
+        run_until([sender], lambda: len(receiver.accepted) == 3)
+    finally:
+        ctx.close()
+        gateway.stop()
+        hook_server.stop()
+    events = [event for _, event in receiver.requests]
+    assert [(e["type"], e.get("status"), e["balance"]) for e in events] == [
+        ("balance.updated", None, "10.00"), ("order.updated", "Pending", "0.00"),
+        ("order.updated", "Partial", "3.00")]
+    assert events[2]["refund"] == "3.00" and events[2]["order_id"] == 5

@@ -14,6 +14,7 @@ deflate-encoded; any other ``Content-Encoding`` is refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -145,8 +146,9 @@ async def post_deposit(request: web.Request) -> web.Response:
     amount = _money(body, "amount", settings.money_decimals)
     reference = _text(body, "reference", MAX_REFERENCE)
     try:
-        result = await run_blocking(state, deposit, state[ENGINE], user_id, amount, reference,
-                                    settings.money_decimals, webhook=settings.webhooks_enabled)
+        result = await run_blocking(state, functools.partial(
+            deposit, webhook=settings.webhooks_enabled), state[ENGINE], user_id, amount,
+            reference, settings.money_decimals)
     except BalanceLimitExceeded as exc:
         raise BadRequest(f"amount: {exc}") from None
     await publish_event(state, result.event)
