@@ -1,0 +1,151 @@
+"""Where a checked order's CPU goes, stage by stage, in one process (no RQ, no other workers).
+
+    python bench/shard_cost.py [--orders 20000] [--database-url URL] [--redis-url URL]
+                               [--profile]
+
+Seeds N open orders (10% of which the simulator reports Canceled or Partial, as in
+bench/pipeline.py), then plans every shard as the dispatcher does and runs each through
+``workers.jobs.run_shard`` as a worker does, in this process. The simulator runs in its own
+process, so its CPU is not counted. Prints CPU seconds per 1,000 orders for each stage
+(measured with a process-time profiler, so waiting on the provider, the database server or
+Redis costs nothing) and in all. RQ's own enqueue/dequeue cost per job is not in these
+figures: bench/pipeline.py measures the whole processes. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "bench"))
+from pipeline import (  # noqa: E402
+    KEY,
+    free_port,
+    fresh_database,
+    get_json,
+    seed_database,
+    seed_simulators,
+)
+
+from dispatcher.planner import plan_shards  # noqa: E402
+from monitoring.metrics import process_metrics  # noqa: E402
+from paxyo.cli.private_redis import PrivateRedis, answers  # noqa: E402
+from paxyo.clock import utcnow  # noqa: E402
+from paxyo.settings import Settings  # noqa: E402
+from workers.context import build_context  # noqa: E402
+from workers.jobs import run_shard  # noqa: E402
+
+# (stage, the function whose inclusive CPU time is the stage's)
+STAGES = (
+    ("plan shards (dispatcher)", "planner.py", "plan_shards"),
+    ("claim leases", "leases.py", "claim"),
+    ("breaker + rate limit", "jobs.py", "_held_back"),
+    ("provider call + parse", "jobs.py", "_fetch"),
+    ("apply: read, decide, write (one transaction)", "observations.py", "apply_observations"),
+    ("publish to Redis", "jobs.py", "_publish"),
+    ("metrics", "metrics.py", "count_applied"),
+    ("log lines", "jobs.py", "_log_changes"),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=20_000)
+    parser.add_argument("--database-url")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--profile", action="store_true", help="also print the top functions")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, workdir: Path) -> None:
+    private = None
+    redis_url = args.redis_url
+    if not answers(redis_url):
+        private = PrivateRedis(free_port())
+        redis_url = private.start()
+    port = free_port()
+    sim = subprocess.Popen([sys.executable, "-m", "paxyo.cli", "simulator", "--port", str(port),
+                            "--key", KEY, "--seed", "1"], cwd=ROOT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                get_json(f"{base}/sim/stats")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        database_url = fresh_database(args.database_url, workdir)
+        seed_database(database_url, args.orders)
+        seed_simulators({"alpha": base, "beta": base}, args.orders)
+        settings = Settings.from_env({
+            "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+            "PAXYO_REDIS_PREFIX": f"bench-shard-{port}", "PAXYO_QUEUE": f"bench-shard-{port}",
+            "PAXYO_PROVIDER_ALPHA_URL": f"{base}/api/v2", "PAXYO_PROVIDER_ALPHA_KEY": KEY,
+            "PAXYO_PROVIDER_BETA_URL": f"{base}/api/v2", "PAXYO_PROVIDER_BETA_KEY": KEY,
+            "PAXYO_PROVIDER_RATE_LIMIT": "1000000",
+        })
+        measure(settings, args.orders, args.profile)
+    finally:
+        sim.terminate()
+        sim.wait()
+        if private is not None:
+            private.stop()
+
+
+def measure(settings: Settings, count: int, show_profile: bool) -> None:
+    ctx = build_context(settings, process_metrics())
+    profiler = cProfile.Profile(time.process_time)
+    checked = changed = 0
+    started_cpu, started = time.process_time(), time.monotonic()
+    far = utcnow().replace(year=utcnow().year + 1)  # everything is due
+    try:
+        while checked < count:
+            profiler.enable()
+            shards = plan_shards(ctx.engine, now=far, poll_interval=settings.poll_interval,
+                                 lease_seconds=600, max_shards=50)
+            for shard in shards:
+                result = run_shard(ctx, shard.provider, tuple(shard.order_ids), shard.token)
+                checked += result["checked"]
+                changed += result.get("changed", 0)
+            profiler.disable()
+            if not shards:
+                break
+    finally:
+        ctx.close()
+    cpu, wall = time.process_time() - started_cpu, time.monotonic() - started
+    stats = pstats.Stats(profiler)
+    per_k = 1000 / max(checked, 1)
+    db = settings.database_url.split(":", 1)[0]
+    print(f"\n{checked} orders checked, {changed} changed, {db}; "
+          f"CPU {cpu:.2f} s in {wall:.1f} s wall: {cpu * per_k:.3f} CPU s per 1,000 orders\n")
+    print("| stage | CPU s per 1,000 orders | share |\n|---|---|---|")
+    counted = 0.0
+    for label, filename, function in STAGES:
+        spent = sum(row[3] for key, row in stats.stats.items()  # type: ignore[attr-defined]
+                    if key[0].endswith(filename) and key[2] == function)
+        counted += spent
+        print(f"| {label} | {spent * per_k:.3f} | {spent / cpu:.0%} |")
+    rest = cpu - counted
+    print(f"| the rest (run_shard's own, result dicts, profiler) | {rest * per_k:.3f} | "
+          f"{rest / cpu:.0%} |")
+    if show_profile:
+        stats.sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
