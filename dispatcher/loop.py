@@ -28,8 +28,8 @@ log = logging.getLogger("paxyo.dispatcher")
 
 TICK_SECONDS = 1.0
 SWEEP_EVERY = 2.0
-QUEUED_PER_WORKER = 10  # shards queued per live worker (a few seconds of work)
-MIN_QUEUED = 50
+QUEUED_PER_WORKER = 10  # jobs queued per live worker (a few seconds of work)
+MIN_QUEUED = 50  # jobs
 
 
 class Dispatcher:
@@ -55,7 +55,7 @@ class Dispatcher:
         if not leading:
             return []
         now = utcnow()
-        room = self.queue_room()
+        room = self.queue_room() * self.settings.shards_per_job
         shards = plan_shards(self.engine, now=now, poll_interval=self.settings.poll_interval,
                              lease_seconds=queued_lease_seconds(self.settings), max_shards=room) \
             if room > 0 else []
@@ -72,7 +72,7 @@ class Dispatcher:
         return shards
 
     def queue_room(self) -> int:
-        """How many more shards may be queued now (backpressure).
+        """How many more jobs may be queued now (backpressure).
 
         The queue holds a few seconds of work for the workers there are, never more: when
         workers fall behind, due orders wait in the database, most overdue first, instead of
@@ -83,13 +83,18 @@ class Dispatcher:
         return max(MIN_QUEUED, QUEUED_PER_WORKER * workers) - self.queue.count
 
     def enqueue(self, shards: list[Shard]) -> None:
-        timeout = job_timeout(self.settings.provider_attempts, self.settings.provider_timeout)
+        """One job per ``shards_per_job`` shards, most overdue first (the planner's order)."""
+        per_job = self.settings.shards_per_job
+        timeout = job_timeout(self.settings.provider_attempts, self.settings.provider_timeout,
+                              per_job)
+        groups = [shards[i:i + per_job] for i in range(0, len(shards), per_job)]
         jobs = [Queue.prepare_data(
-            "workers.jobs.check_shard", args=(s.provider, list(s.order_ids), s.token),
-            job_id=f"shard-{s.token}", timeout=timeout, result_ttl=300, failure_ttl=7 * 86400,
-            description=f"check {len(s.order_ids)} {s.provider} orders",
+            "workers.jobs.check_shards",
+            args=([[s.provider, list(s.order_ids), s.token] for s in group],),
+            job_id=f"shard-{group[0].token}", timeout=timeout, result_ttl=300,
+            failure_ttl=7 * 86400, description=_describe(group),
             retry=Retry(max=JOB_RETRIES, interval=RETRY_INTERVALS),
-            meta={"fence": self.lock.fence}) for s in shards]
+            meta={"fence": self.lock.fence}) for group in groups]
         with self.redis.pipeline() as pipe:
             self.queue.enqueue_many(jobs, pipeline=pipe)
             pipe.execute()
@@ -97,6 +102,12 @@ class Dispatcher:
         self.metrics.shards_enqueued.inc(len(shards))
         log.info("enqueued %d shards (%d orders)", len(shards),
                  sum(len(s.order_ids) for s in shards))
+
+
+def _describe(group: list[Shard]) -> str:
+    providers = ", ".join(sorted({s.provider for s in group}))
+    return (f"check {sum(len(s.order_ids) for s in group)} orders of {providers} "
+            f"in {len(group)} shard(s)")
 
 
 def run_dispatcher(dispatcher: Dispatcher, *, stop: threading.Event | None = None) -> None:

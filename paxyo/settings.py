@@ -49,6 +49,7 @@ class Settings:
     provider_timeout: float = 20.0
     provider_attempts: int = 4
     provider_rate_limit_per_min: int = 600
+    shards_per_job: int = 4  # provider calls one worker process has in flight at once
     lease_seconds: float | None = None  # None: derived from the poll interval and job timeout
     redis_prefix: str = "paxyo"
     queue_name: str = "paxyo"
@@ -78,6 +79,7 @@ class Settings:
         _number(env, values, "PAXYO_PROVIDER_ATTEMPTS", "provider_attempts", int, 1, 20)
         _number(env, values, "PAXYO_PROVIDER_RATE_LIMIT", "provider_rate_limit_per_min",
                 int, 1, 1_000_000)
+        _number(env, values, "PAXYO_SHARDS_PER_JOB", "shards_per_job", int, 1, 20)
         _number(env, values, "PAXYO_LEASE_SECONDS", "lease_seconds", float, 1, 86400)
         _number(env, values, "PAXYO_HISTORY_SIZE", "history_size", int, 1, 100_000)
         _number(env, values, "PAXYO_HISTORY_TTL", "history_ttl", float, 1, 30 * 86400)

@@ -19,7 +19,8 @@ Control endpoints (JSON, no key), for tests, the demo and benchmarks:
 - ``POST /sim/orders`` ``{"orders": [{"id": ..., "status": ..., "remains": ...}, ...]}``: the
   same for many orders in one request (benchmarks seed 100,000 orders this way).
 - ``GET|POST /sim/faults``: latency_ms, error_rate, html_rate, timeout_rate, rate_limit_per_min.
-- ``GET /sim/stats``, ``POST /sim/stats/reset``; ``POST /sim/balance`` ``{"balance":"12.5"}``.
+- ``GET /sim/stats`` (``max_in_flight``: the most /api/v2 requests answered at once),
+  ``POST /sim/stats/reset``; ``POST /sim/balance`` ``{"balance":"12.5"}``.
 """
 
 from __future__ import annotations
@@ -110,6 +111,15 @@ async def _wake_stalled_requests(app: web.Application) -> None:
 
 async def handle_api(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        return await _answer_api(request, state)
+    finally:
+        state.in_flight -= 1
+
+
+async def _answer_api(request: web.Request, state: SimulatorState) -> web.StreamResponse:
     params = await _read_params(request)
     action = params.get("action", "")
     state.count_request(action, params)

@@ -144,6 +144,8 @@ class SimulatorState:
         self.actions: Counter[str] = Counter()
         self.fault_counts: Counter[str] = Counter()
         self.max_ids_per_request = 0
+        self.in_flight = 0      # /api/v2 requests being answered right now
+        self.max_in_flight = 0  # the most at once since the stats were reset
         self._rng = random.Random(seed)
         self._hash_key = str(seed).encode()[:64]
         self._window_start = clock()
@@ -393,6 +395,7 @@ class SimulatorState:
             "status_requests": self.counters["status_requests"],
             "orders_queried": self.counters["orders_queried"],
             "max_ids_per_request": self.max_ids_per_request,
+            "max_in_flight": self.max_in_flight,
             "invalid_key": self.counters["invalid_key"],
             "orders": len(self.orders),
             "actions": dict(self.actions),
@@ -405,6 +408,7 @@ class SimulatorState:
         self.actions.clear()
         self.fault_counts.clear()
         self.max_ids_per_request = 0
+        self.max_in_flight = self.in_flight
 
 
 def split_ids(text: str) -> list[str]:

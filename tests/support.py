@@ -97,5 +97,9 @@ class SimulatorHandle:
         status, reply = http_json("POST", f"{self.url}/sim/faults", body)
         assert status == 200, reply
 
+    def stats_reset(self) -> None:
+        status, reply = http_json("POST", f"{self.url}/sim/stats/reset")
+        assert status == 200, reply
+
     def stats(self) -> dict[str, Any]:
         return http_json("GET", f"{self.url}/sim/stats")[1]

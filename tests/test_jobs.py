@@ -11,10 +11,12 @@ from monitoring.metrics import process_metrics
 from paxyo.accounts import deposit, get_balance
 from paxyo.clock import utcnow
 from paxyo.orders import NewOrder, place_order
+from paxyo.settings import ProviderConfig
 from paxyo.store.schema import orders
 from providers.client import ProviderUnavailable
+from tests.support import free_port
 from workers.context import build_context
-from workers.jobs import run_shard
+from workers.jobs import run_shard, run_shards
 
 D = Decimal
 
@@ -22,6 +24,17 @@ D = Decimal
 def seed(engine, count: int, provider: str = "sim") -> None:
     deposit(engine, 111, D("10.00") * count, "seed", 2)
     for oid in range(1, count + 1):
+        place_order(engine, NewOrder(oid, 111, provider, str(7000 + oid), 1000, D("10.00")),
+                    decimals=2, poll_interval=30)
+    with engine.begin() as conn:
+        conn.execute(update(orders).values(next_check_at=utcnow() - timedelta(seconds=1)))
+
+
+def seed_orders(engine, ids, provider: str) -> None:
+    """More orders of user 111 (paid for by their own deposit)."""
+    ids = list(ids)
+    deposit(engine, 111, D("10.00") * len(ids), f"seed-{provider}", 2)
+    for oid in ids:
         place_order(engine, NewOrder(oid, 111, provider, str(7000 + oid), 1000, D("10.00")),
                     decimals=2, poll_interval=30)
     with engine.begin() as conn:
@@ -133,3 +146,46 @@ def test_a_failing_provider_defers_the_shard_outside_rq_and_re_raises(engine, co
     assert simulator.stats()["status_requests"] >= 1
     assert_deferred(engine, timedelta(seconds=context.settings.poll_interval))
     assert int(context.redis.hget(context.breaker.keys.circuit("sim"), "failures")) == 1
+
+
+def test_a_job_of_several_shards_has_their_calls_in_flight_at_once(engine, context, simulator):
+    seed(engine, 400)
+    for oid in (5, 205, 399):
+        simulator.set_order(7000 + oid, status="Canceled", remains=0)
+    simulator.faults(latency_ms=300)
+    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
+    assert len(shards) == 4
+    simulator.stats_reset()
+    results = run_shards(context, [(s.provider, s.order_ids, s.token) for s in shards])
+    stats = simulator.stats()
+    assert stats["status_requests"] == 4 and stats["max_in_flight"] == 4
+    assert [r["checked"] for r in results] == [100] * 4
+    assert sum(r["changed"] for r in results) == 3
+    assert get_balance(engine, 111) == D("30.00")  # 4000 deposited - 4000 charged + 3 refunds
+    assert all(row.lease_token is None for row in order_rows(engine))
+
+
+def test_one_failing_provider_fails_the_job_after_the_other_shards_are_applied(
+        engine, settings, simulator):
+    down = ProviderConfig("down", f"http://127.0.0.1:{free_port()}/api/v2", "k")
+    context = build_context(settings.with_overrides(
+        providers={**settings.providers, "down": down}), process_metrics())
+    seed(engine, 150)
+    seed_orders(engine, range(151, 161), provider="down")
+    simulator.set_order(7001, status="Canceled", remains=0)
+    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
+    assert sorted(s.provider for s in shards) == ["down", "sim", "sim"]
+    with pytest.raises(ProviderUnavailable):
+        run_shards(context, [(s.provider, s.order_ids, s.token) for s in shards])
+    rows = {row.id: row for row in order_rows(engine)}
+    assert rows[1].status == "Canceled" and get_balance(engine, 111) == D("10.00")
+    assert all(rows[oid].lease_token is None for oid in range(1, 151))   # applied, released
+    # outside RQ every run is the last: the failed shard's orders wait for the next interval
+    later = utcnow() + timedelta(seconds=20)
+    assert all(rows[oid].lease_token is None and rows[oid].next_check_at > later
+               for oid in range(151, 161))
+    # the job run again: every shard finds its leases released and calls nobody
+    again = run_shards(context, [(s.provider, s.order_ids, s.token) for s in shards])
+    assert {r.get("skipped") for r in again} == {"lease lost or orders closed"}
+    context.close()
+    assert simulator.stats()["status_requests"] == 2  # no sim shard called twice

@@ -71,7 +71,7 @@ def test_dispatch_and_worker_apply_refunds_and_publish(queued_settings, engine, 
     dispatcher = Dispatcher(settings, engine, client, process_metrics())
     shards = dispatcher.tick()
     assert [len(s.order_ids) for s in shards] == [100, 20]
-    assert Queue(settings.queue_name, connection=client).count == 2
+    assert Queue(settings.queue_name, connection=client).count == 1  # one job, both shards
     assert dispatcher.tick() == []  # leased: nothing enqueued twice
     run_worker_burst(settings)
     assert get_balance(engine, 111) == D("100.00") + D("30.00")
@@ -104,12 +104,27 @@ def test_rerunning_a_finished_shard_changes_nothing(queued_settings, engine, sim
     assert get_balance(engine, 111) == D("50.00")
 
 
+def test_dispatcher_puts_several_shards_in_each_job_most_overdue_first(queued_settings,
+                                                                       engine):
+    seed(engine, 1000)
+    client = redis.Redis.from_url(queued_settings.redis_url)
+    dispatcher = Dispatcher(queued_settings.with_overrides(shards_per_job=4), engine, client,
+                            process_metrics())
+    shards = dispatcher.tick()
+    jobs = Queue(queued_settings.queue_name, connection=client).get_jobs()
+    assert [len(job.args[0]) for job in jobs] == [4, 4, 2]
+    assert [token for job in jobs for _, _, token in job.args[0]] == [s.token for s in shards]
+    assert {job.func_name for job in jobs} == {"workers.jobs.check_shards"}
+
+
 def test_dispatcher_keeps_the_queue_short_when_workers_fall_behind(queued_settings, engine):
     from dispatcher import loop
 
     seed(engine, 1000)
     client = redis.Redis.from_url(queued_settings.redis_url)
-    dispatcher = Dispatcher(queued_settings, engine, client, process_metrics())
+    # one shard per job: the room counted in jobs is then the room in shards
+    dispatcher = Dispatcher(queued_settings.with_overrides(shards_per_job=1), engine, client,
+                            process_metrics())
     first = dispatcher.tick()  # no worker is running: only MIN_QUEUED shards may wait
     assert len(first) == min(10, loop.MIN_QUEUED)
     assert dispatcher.tick() == []  # room left, but nothing else is due

@@ -1,11 +1,14 @@
-"""The RQ job: check one shard of one provider's orders."""
+"""The RQ job: check a few shards (each ≤100 orders of one provider), their calls in flight
+at once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import redis
 from rq import get_current_job
@@ -22,9 +25,12 @@ from workers.context import WorkerContext, job_context
 
 log = logging.getLogger("paxyo.workers")
 refund_log = logging.getLogger("paxyo.refunds")
+T = TypeVar("T")
+
 
 def check_shard(provider: str, order_ids: Sequence[int], token: str) -> dict[str, Any]:
-    """Entry point RQ calls (by dotted path ``workers.jobs.check_shard``) in a paxyo worker.
+    """Entry point RQ calls (by dotted path ``workers.jobs.check_shard``) in a paxyo worker:
+    one shard (jobs queued by a dispatcher of an earlier release).
 
     RQ stores the returned dict; the in-process ``report`` is left out of it."""
     result = run_shard(job_context(), provider, tuple(order_ids), token)
@@ -32,30 +38,98 @@ def check_shard(provider: str, order_ids: Sequence[int], token: str) -> dict[str
     return result
 
 
+def check_shards(shards: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Entry point RQ calls (``workers.jobs.check_shards``): several ``[provider, order_ids,
+    token]`` shards whose provider calls are in flight at the same time."""
+    results = run_shards(job_context(), [(str(p), tuple(ids), str(t)) for p, ids, t in shards])
+    for result in results:
+        result.pop("report", None)
+    return results
+
+
 def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
               token: str) -> dict[str, Any]:
-    """claim → (held back?) → ask the provider → apply → publish → release.
+    """One shard: see :func:`run_shards`."""
+    return run_shards(ctx, [(provider, order_ids, token)])[0]
 
-    Returns counts, plus the whole ``report`` (its changes) when the provider was asked."""
-    settings = ctx.settings
-    refs = claim(ctx.engine, token, order_ids, utcnow(), running_lease_seconds(settings))
+
+@dataclass
+class _Ready:
+    """A claimed shard allowed to call its provider now."""
+
+    provider: str
+    token: str
+    refs: dict[int, str]
+    ask: list[str]
+    observed_at: datetime
+
+
+def run_shards(ctx: WorkerContext,
+               shards: Sequence[tuple[str, tuple[int, ...], str]]) -> list[dict[str, Any]]:
+    """Per shard: claim → (held back?) → ask the provider → apply → publish → release.
+
+    The shards' provider calls run at the same time on the worker's event loop; each reply is
+    then applied in its own transaction. A shard whose provider failed keeps its leases, and
+    once the others are applied the job raises so that RQ runs it again: on that run, the
+    shards already applied find their leases released and are skipped. Returns one result
+    per shard: counts, plus the whole ``report`` (its changes) when the provider answered.
+    """
+    prepared = [_prepare(ctx, provider, order_ids, token)
+                for provider, order_ids, token in shards]
+    asking = [p for p in prepared if isinstance(p, _Ready) and p.ask]
+    clients = [ctx.provider(p.provider) for p in asking]  # built outside the loop
+    replies: list[Any] = ctx.run(_gather(
+        [client.status_many(p.ask) for client, p in zip(clients, asking, strict=True)]))
+    answered = {id(p): reply for p, reply in zip(asking, replies, strict=True)}
+    results: list[dict[str, Any]] = []
+    failure: BaseException | None = None
+    for p in prepared:
+        if not isinstance(p, _Ready):
+            results.append(p)
+            continue
+        reply = answered.get(id(p), {})
+        if isinstance(reply, BaseException):
+            _provider_failed(ctx, p, reply)
+            failure = failure or reply
+            results.append({"provider": p.provider, "checked": 0, "failed": str(reply)})
+            continue
+        if p.ask:
+            ctx.breaker.record_success(p.provider)
+        results.append(_apply(ctx, p, reply))
+    if failure is not None:
+        raise failure
+    return results
+
+
+async def _gather(calls: list[Coroutine[Any, Any, T]]) -> list[T | BaseException]:
+    return await asyncio.gather(*calls, return_exceptions=True)
+
+
+def _prepare(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
+             token: str) -> _Ready | dict[str, Any]:
+    """Claim the shard's orders and decide whether it may call now (else a result)."""
+    refs = claim(ctx.engine, token, order_ids, utcnow(), running_lease_seconds(ctx.settings))
     if not refs:
         return {"provider": provider, "checked": 0, "skipped": "lease lost or orders closed"}
     reason = _held_back(ctx, provider, token)
     if reason:
         return {"provider": provider, "checked": 0, "skipped": reason}
-    observed_at = utcnow()
-    ask = _ids_to_ask(ctx, provider, refs)
-    replies = _fetch(ctx, provider, token, ask) if ask else {}
+    return _Ready(provider, token, refs, _ids_to_ask(ctx, provider, refs), utcnow())
+
+
+def _apply(ctx: WorkerContext, shard: _Ready,
+           replies: dict[str, StatusEntry | EntryError]) -> dict[str, Any]:
+    settings = ctx.settings
     report = apply_observations(
-        ctx.engine, provider, list(refs), replies, observed_at=observed_at,
+        ctx.engine, shard.provider, list(shard.refs), replies, observed_at=shard.observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval,
-        release=releaser(token), webhook=settings.webhooks_enabled)
-    ctx.metrics.count_applied(provider, report)
+        release=releaser(shard.token), webhook=settings.webhooks_enabled)
+    ctx.metrics.count_applied(shard.provider, report)
     _log_changes(report.changes)
     _publish(ctx, [c.event.outbox_id for c in report.changes])
-    return {"provider": provider, "checked": report.checked, "changed": len(report.changes),
-            "no_answer": report.no_answer, "unknown": report.unknown, "report": report}
+    return {"provider": shard.provider, "checked": report.checked,
+            "changed": len(report.changes), "no_answer": report.no_answer,
+            "unknown": report.unknown, "report": report}
 
 
 def _held_back(ctx: WorkerContext, provider: str, token: str) -> str | None:
@@ -93,22 +167,19 @@ def _ids_to_ask(ctx: WorkerContext, provider: str, refs: dict[int, str]) -> list
     return sorted(set(valid))
 
 
-def _fetch(ctx: WorkerContext, provider: str, token: str,
-           provider_ids: list[str]) -> dict[str, StatusEntry | EntryError]:
-    """One mass-status call (tenacity retries inside); failures feed the circuit breaker and
-    re-raise so that RQ retries the job, and the last retry defers the orders."""
-    try:
-        replies = ctx.run(ctx.provider(provider).status_many(provider_ids))
-    except (ProviderUnavailable, ProviderErrorReply) as exc:
-        ctx.breaker.record_failure(provider)
-        job = get_current_job()
-        if job is None or not job.retries_left:
-            defer(ctx.engine, token,
-                  utcnow() + timedelta(seconds=ctx.settings.poll_interval))
-        log.warning("shard %s of %s failed: %s", token[:8], provider, exc)
-        raise
-    ctx.breaker.record_success(provider)
-    return replies
+def _provider_failed(ctx: WorkerContext, shard: _Ready, exc: BaseException) -> None:
+    """A provider call failed (tenacity gave up): feed the circuit breaker; on the job's last
+    run, defer the orders to the next interval. Unexpected errors only re-raise."""
+    if not isinstance(exc, (ProviderUnavailable, ProviderErrorReply)):
+        log.error("shard %s of %s: %s: %s", shard.token[:8], shard.provider,
+                  type(exc).__name__, exc)
+        return
+    ctx.breaker.record_failure(shard.provider)
+    job = get_current_job()
+    if job is None or not job.retries_left:
+        defer(ctx.engine, shard.token,
+              utcnow() + timedelta(seconds=ctx.settings.poll_interval))
+    log.warning("shard %s of %s failed: %s", shard.token[:8], shard.provider, exc)
 
 
 def _log_changes(changes: list[AppliedChange]) -> None:
