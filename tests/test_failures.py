@@ -468,10 +468,9 @@ def test_orders_converge_after_5xx_html_timeouts_and_429(tmp_path, redis_url, re
         healthy = {oid for oid in stack.charges if stack.provider_of(oid) == "healthy"}
         stack.wait_until("the healthy provider's orders to move", lambda: all(
             stack.statuses()[oid] == ("In progress", 500) for oid in healthy), 15)
-        time.sleep(4)
+        stack.wait_until("every faulty provider to serve its fault", lambda: all(
+            stack.simulators[name].stats()["faults"] for name in FAULTS), 40)
         for name, fault in FAULTS.items():
-            served = stack.simulators[name].stats()["faults"]
-            assert served, f"{name} served no fault"
             stack.simulators[name].faults(**{key: 0 for key in fault})
         assert set(stack.statuses().values()) <= {("Pending", 1000), ("In progress", 500)}
         stack.serve_finals()

@@ -189,3 +189,30 @@ def test_one_failing_provider_fails_the_job_after_the_other_shards_are_applied(
     assert {r.get("skipped") for r in again} == {"lease lost or orders closed"}
     context.close()
     assert simulator.stats()["status_requests"] == 2  # no sim shard called twice
+
+
+def test_a_slow_provider_holds_up_no_other_shard_of_its_job(engine, settings, simulator):
+    from providers.simulator import create_simulator_app
+    from tests.support import ServerThread, SimulatorHandle
+
+    slow_server = ServerThread(lambda: create_simulator_app("k", seed=1, auto_advance=False))
+    slow_server.start()
+    slow = SimulatorHandle(slow_server.url, "k")
+    context = build_context(settings.with_overrides(providers={
+        **settings.providers, "slow": ProviderConfig("slow", slow.api_url, "k")}),
+        process_metrics())
+    try:
+        seed(engine, 10)
+        seed_orders(engine, range(11, 21), provider="slow")
+        simulator.set_order(7001, status="Canceled", remains=0)
+        slow.set_order(7011, status="Canceled", remains=0)
+        slow.faults(latency_ms=2500)
+        shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
+        run_shards(context, [(s.provider, s.order_ids, s.token) for s in shards])
+    finally:
+        context.close()
+        slow_server.stop()
+    rows = {row.id: row for row in order_rows(engine)}
+    assert rows[1].status == rows[11].status == "Canceled"
+    # the fast provider's reply was applied while the slow one's call was still in flight
+    assert (rows[11].updated_at - rows[1].updated_at).total_seconds() > 1.5

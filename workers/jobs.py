@@ -53,7 +53,7 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
     return run_shards(ctx, [(provider, order_ids, token)])[0]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Ready:
     """A claimed shard allowed to call its provider now."""
 
@@ -68,41 +68,42 @@ def run_shards(ctx: WorkerContext,
                shards: Sequence[tuple[str, tuple[int, ...], str]]) -> list[dict[str, Any]]:
     """Per shard: claim → (held back?) → ask the provider → apply → publish → release.
 
-    The shards' provider calls run at the same time on the worker's event loop; each reply is
-    then applied in its own transaction. A shard whose provider failed keeps its leases, and
-    once the others are applied the job raises so that RQ runs it again: on that run, the
-    shards already applied find their leases released and are skipped. Returns one result
-    per shard: counts, plus the whole ``report`` (its changes) when the provider answered.
+    The shards' provider calls run at the same time on the worker's event loop, and each
+    reply is applied (in its own transaction) as soon as it arrives, so a slow provider holds
+    up no other shard's orders. A shard whose provider failed keeps its leases, and once the
+    others are applied the job raises so that RQ runs it again: on that run, the shards
+    already applied find their leases released and are skipped. Returns one result per
+    shard: counts, plus the whole ``report`` (its changes) when the provider answered.
     """
     prepared = [_prepare(ctx, provider, order_ids, token)
                 for provider, order_ids, token in shards]
-    asking = [p for p in prepared if isinstance(p, _Ready) and p.ask]
-    clients = [ctx.provider(p.provider) for p in asking]  # built outside the loop
-    replies: list[Any] = ctx.run(_gather(
-        [client.status_many(p.ask) for client, p in zip(clients, asking, strict=True)]))
-    answered = {id(p): reply for p, reply in zip(asking, replies, strict=True)}
-    results: list[dict[str, Any]] = []
-    failure: BaseException | None = None
     for p in prepared:
-        if not isinstance(p, _Ready):
-            results.append(p)
-            continue
-        reply = answered.get(id(p), {})
-        if isinstance(reply, BaseException):
-            _provider_failed(ctx, p, reply)
-            failure = failure or reply
-            results.append({"provider": p.provider, "checked": 0, "failed": str(reply)})
-            continue
-        if p.ask:
-            ctx.breaker.record_success(p.provider)
-        results.append(_apply(ctx, p, reply))
-    if failure is not None:
-        raise failure
-    return results
+        if isinstance(p, _Ready) and p.ask:
+            ctx.provider(p.provider)  # clients are built outside the loop
+    outcomes = ctx.run(_gather([_check(ctx, p) for p in prepared]))
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    if failures:
+        raise failures[0]
+    return outcomes  # type: ignore[return-value]
 
 
 async def _gather(calls: list[Coroutine[Any, Any, T]]) -> list[T | BaseException]:
     return await asyncio.gather(*calls, return_exceptions=True)
+
+
+async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any]) -> dict[str, Any]:
+    """Ask one shard's provider and apply its reply (raises when the provider failed)."""
+    if not isinstance(shard, _Ready):
+        return shard
+    replies: dict[str, StatusEntry | EntryError] = {}
+    if shard.ask:
+        try:
+            replies = await ctx.provider(shard.provider).status_many(shard.ask)
+        except Exception as exc:
+            _provider_failed(ctx, shard, exc)
+            raise
+        ctx.breaker.record_success(shard.provider)
+    return _apply(ctx, shard, replies)
 
 
 def _prepare(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
