@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
@@ -395,14 +395,22 @@ def _calls(job: Job) -> list[bool]:
     return [not result.get("skipped") for result in job.return_value()]
 
 
+def _finished_at(job: Job) -> list[datetime | None]:
+    """Per shard of the job: when it let go of its orders (None while it may hold them)."""
+    if not job.is_finished:
+        return [job.ended_at] * len(job.args[0])
+    return [datetime.fromtimestamp(r["finished_at"], UTC) for r in job.return_value()]
+
+
 def _assert_no_order_in_two_live_shards(jobs: list[Job]) -> None:
     """A later shard may take an order only after the earlier shard ended or its lease ran out."""
     jobs = sorted(jobs, key=lambda j: j.enqueued_at)
     for i, earlier in enumerate(jobs):
-        live_until: datetime = earlier.enqueued_at + _seconds(LEASE_SECONDS)
-        if earlier.ended_at is not None:
-            live_until = min(live_until, earlier.ended_at)
-        for ids in map(set, _shards(earlier)):
+        for ids, finished in zip(map(set, _shards(earlier)), _finished_at(earlier),
+                                 strict=True):
+            live_until: datetime = earlier.enqueued_at + _seconds(LEASE_SECONDS)
+            if finished is not None:
+                live_until = min(live_until, finished)
             for later in jobs[i + 1:]:
                 if later.enqueued_at >= live_until:
                     break

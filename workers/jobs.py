@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -87,6 +88,13 @@ def run_shards(ctx: WorkerContext,
     return outcomes  # type: ignore[return-value]
 
 
+def _finished(result: dict[str, Any]) -> dict[str, Any]:
+    """Stamp a shard's result with when it let go of its orders (a job's shards finish at
+    different times)."""
+    result["finished_at"] = time.time()
+    return result
+
+
 async def _gather(calls: list[Coroutine[Any, Any, T]]) -> list[T | BaseException]:
     return await asyncio.gather(*calls, return_exceptions=True)
 
@@ -94,7 +102,7 @@ async def _gather(calls: list[Coroutine[Any, Any, T]]) -> list[T | BaseException
 async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any]) -> dict[str, Any]:
     """Ask one shard's provider and apply its reply (raises when the provider failed)."""
     if not isinstance(shard, _Ready):
-        return shard
+        return _finished(shard)
     replies: dict[str, StatusEntry | EntryError] = {}
     if shard.ask:
         try:
@@ -103,7 +111,7 @@ async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any]) -> dict[str
             _provider_failed(ctx, shard, exc)
             raise
         ctx.breaker.record_success(shard.provider)
-    return _apply(ctx, shard, replies)
+    return _finished(_apply(ctx, shard, replies))
 
 
 def _prepare(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
