@@ -198,7 +198,7 @@ def wait_for(what: str, done, timeout: float) -> None:  # type: ignore[no-untype
 
 
 def run_once(count: int, workers: int, latency_ms: int, database_url: str | None,
-             redis_url: str, poll_interval: int) -> dict[str, float]:
+             redis_url: str, poll_interval: int, shards_per_job: int = 4) -> dict[str, float]:
     workdir = Path(tempfile.mkdtemp(prefix="paxyo-bench-"))
     url = fresh_database(database_url, workdir)
     seed_database(url, count)
@@ -207,6 +207,7 @@ def run_once(count: int, workers: int, latency_ms: int, database_url: str | None
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": redis_url,
            "PAXYO_REDIS_PREFIX": prefix, "PAXYO_QUEUE": f"{prefix}-q",
            "PAXYO_POLL_INTERVAL": str(poll_interval), "PAXYO_PROVIDER_RATE_LIMIT": "100000",
+           "PAXYO_SHARDS_PER_JOB": str(shards_per_job),
            "PAXYO_LOG_FORMAT": "text"}
     for name, port in ports.items():
         env[f"PAXYO_PROVIDER_{name.upper()}_URL"] = f"http://127.0.0.1:{port}/api/v2"
@@ -253,7 +254,8 @@ def run_once(count: int, workers: int, latency_ms: int, database_url: str | None
             per_provider = dict(conn.execute(sa.select(orders.c.provider, sa.func.count())
                                              .group_by(orders.c.provider)).all())
         minimum = sum(math.ceil(per_provider[p] / 100) for p in PROVIDERS)
-        return {"orders": count, "workers": workers, "calls": sum(calls.values()),
+        return {"orders": count, "workers": workers, "per_job": shards_per_job,
+                "calls": sum(calls.values()),
                 "min_calls": minimum, "seconds": elapsed, "checked_per_s": count / elapsed,
                 "changes": changed, "changes_per_s": changed / elapsed,
                 "cpu_per_1000": cpu / count * 1000}
@@ -283,7 +285,7 @@ def _drop_redis_keys(redis_url: str, prefix: str) -> None:
 # -- report -------------------------------------------------------------------------------
 
 COLUMNS = (
-    ("orders", "N", "{:>7}"), ("workers", "W", "{:>2}"),
+    ("orders", "N", "{:>7}"), ("workers", "W", "{:>2}"), ("per_job", "shards/job", "{:>2}"),
     ("calls", "status calls", "{:>12}"), ("min_calls", "sum of ceil(N_p/100)", "{:>20}"),
     ("orders", "per-order polling", "{:>17}"), ("seconds", "time to check all s", "{:>19.1f}"),
     ("checked_per_s", "checked/s", "{:>9.0f}"), ("changes_per_s", "changes/s", "{:>9.0f}"),
@@ -305,6 +307,9 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--latency-ms", type=int, default=200)
     parser.add_argument("--poll-interval", type=int, default=30)
+    parser.add_argument("--shards-per-job", default="4",
+                        help="comma-separated PAXYO_SHARDS_PER_JOB values; 1 is the design "
+                             "before several shards per job (one call in flight per worker)")
     parser.add_argument("--database-url", help="default: a fresh SQLite file per run; a given "
                         "database is emptied (tables dropped) before each run")
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
@@ -319,11 +324,13 @@ def main() -> None:
     try:
         for count in (int(n) for n in args.orders.split(",")):
             for workers in (int(w) for w in args.workers.split(",")):
-                row = run_once(count, workers, args.latency_ms, args.database_url, redis_url,
-                               args.poll_interval)
-                rows.append(row)
-                print(f"N={count} W={workers}: {row['seconds']:.1f}s, {row['calls']} calls, "
-                      f"{row['cpu_per_1000']:.3f} CPU s/1000", flush=True)
+                for per_job in (int(k) for k in args.shards_per_job.split(",")):
+                    row = run_once(count, workers, args.latency_ms, args.database_url,
+                                   redis_url, args.poll_interval, per_job)
+                    rows.append(row)
+                    print(f"N={count} W={workers} shards/job={per_job}: "
+                          f"{row['seconds']:.1f}s, {row['calls']} calls, "
+                          f"{row['cpu_per_1000']:.3f} CPU s/1000", flush=True)
     finally:
         if private is not None:
             private.stop()
