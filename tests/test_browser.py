@@ -7,7 +7,7 @@ waits for the client's ``WebSocket connected``, places a test order, clicks Canc
 simulator now reports the order Canceled) and expects the refund toast and the new balance
 within poll interval + 2 s of the click, no toast for the order's own placement, and no buttons
 left on the finished row; then the same with Partial (70% remains, so $7.00 of $10.00 back).
-It expects the Canceled event in the page's webhook panel too, delivered by
+It expects the Canceled and Partial events in the page's webhook panel too, delivered by
 ``paxyo webhooks run`` to the demo's receiver. The browser console must show no error (a
 missing favicon was one).
 
@@ -249,9 +249,14 @@ def test_refund_toast_and_balance_arrive_within_the_poll_interval(
                         page, expect, demo_run, action, word, refund)
                 print(f"\nclick -> toast and balance (deadline {DEADLINE:g} s): "
                       + ", ".join(f"{a} {t:.2f} s" for a, t in timings.items()))
-                _expect_webhook_delivery(page, expect, demo_run, orders["cancel"])
-                shot = tmp_path / "demo.png"
-                page.screenshot(path=str(shot), full_page=True)
+                _expect_webhook_delivery(page, expect, demo_run, orders["cancel"], "Canceled",
+                                         "10.00")
+                _expect_webhook_delivery(page, expect, demo_run, orders["partial"], "Partial",
+                                         "7.00")
+                shot = tmp_path / "demo.png"  # the whole page in one view, toasts included
+                page.set_viewport_size({"width": 1100, "height": page.evaluate(
+                    "document.documentElement.scrollHeight")})
+                page.screenshot(path=str(shot))
                 target = os.environ.get("PAXYO_DEMO_SCREENSHOT")
                 if target:
                     Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -304,15 +309,16 @@ def _place_and_move(page, expect, run: DemoRun, action: str, word: str,  # type:
     return order, elapsed
 
 
-def _expect_webhook_delivery(page, expect, run: DemoRun, order: dict) -> None:  # type: ignore[no-untyped-def]
-    """The Canceled event of ``order`` in the page's webhook panel, as the demo's receiver got
-    it from ``paxyo webhooks run`` (signed, checked), and in the receiver's own list."""
+def _expect_webhook_delivery(page, expect, run: DemoRun, order: dict, status: str,  # type: ignore[no-untyped-def]
+                             refund: str) -> None:
+    """The event that moved ``order`` to ``status`` in the page's webhook panel, as the demo's
+    receiver got it from ``paxyo webhooks run`` (signed, checked), and in its own list."""
     delivery = page.locator(f"#webhooks tbody tr[data-order-id='{order['id']}']",
-                            has=page.locator(".wh-status", has_text="Canceled"))
+                            has=page.locator(".wh-status", has_text=status))
     expect(delivery).to_have_count(1, timeout=WEBHOOK_WAIT * 1000)
-    expect(delivery.locator(".wh-refund")).to_have_text("$10.00")
+    expect(delivery.locator(".wh-refund")).to_have_text(f"${refund}")
     expect(page.locator("#no-webhooks")).to_be_hidden()
     received = http_json("GET", f"{run.url}/demo/webhooks")[1]
-    assert any(d["order_id"] == order["id"] and d["status"] == "Canceled"
-               and d["refund"] == "10.00" for d in received["deliveries"]), received
+    assert any(d["order_id"] == order["id"] and d["status"] == status
+               and d["refund"] == refund for d in received["deliveries"]), received
     assert received["refused"] == 0, received
