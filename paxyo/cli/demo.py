@@ -36,7 +36,10 @@ from providers.client import ProviderClient, ProviderConfig
 log = logging.getLogger("paxyo.demo")
 
 PROVIDER = "demo"
-REDIS_PREFIX = "paxyo-demo"  # the demo's database is new each run, so are its Redis keys
+# Redis key prefix and queue name, one per port: two demos on one Redis (a shared machine,
+# tests running side by side) must not lead each other's dispatchers or delete each other's
+# keys. A demo's database is new each run, and so are its keys (reset_demo_redis).
+REDIS_PREFIX = "paxyo-demo-{port}"
 PROVIDER_KEY = "demo-provider-key"
 DEMO_POLL_INTERVAL = 5.0
 DEMO_USERS = {111: Decimal("150.00"), 222: Decimal("100.00")}
@@ -172,7 +175,7 @@ def seed_demo(settings: Settings, config: ProviderConfig, simulator: str) -> Non
         engine.dispose()
 
 
-def reset_demo_redis(redis_url: str) -> None:
+def reset_demo_redis(redis_url: str, prefix: str) -> None:
     """Forget the previous demo run: its events, history and queued jobs name orders of a
     database that no longer exists (and its event ids would shadow the new ones)."""
     import redis
@@ -180,10 +183,12 @@ def reset_demo_redis(redis_url: str) -> None:
 
     client = redis.Redis.from_url(redis_url)
     try:
-        stale = list(client.scan_iter(match=f"{REDIS_PREFIX}:*", count=1000))
-        if stale:
-            client.delete(*stale)
-        Queue(REDIS_PREFIX, connection=client).empty()
+        Queue(prefix, connection=client).empty()
+        # the demo's own keys, then RQ's registries of its queue (rq:finished:<queue>, ...)
+        for pattern in (f"{prefix}:*", f"rq:*:{prefix}", f"rq:queue:{prefix}:*"):
+            stale = list(client.scan_iter(match=pattern, count=1000))
+            if stale:
+                client.delete(*stale)
     finally:
         client.close()
 
@@ -193,6 +198,7 @@ def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: children first
     private_redis: PrivateRedis | None = None
     children = Children()
+    forget: tuple[str, str] | None = None  # (Redis URL, prefix) of keys to delete at the end
     try:
         env_has_db = "DATABASE_URL" in os.environ
         database_url = base.database_url if env_has_db else \
@@ -205,7 +211,9 @@ def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.
             private_redis = PrivateRedis(_free_port())
             redis_url = private_redis.start()
             print(f"No Redis answered at {base.redis_url}: started a private one at {redis_url}")
-        reset_demo_redis(redis_url)
+        prefix = REDIS_PREFIX.format(port=port)
+        reset_demo_redis(redis_url, prefix)
+        forget = None if private_redis is not None else (redis_url, prefix)
         sim_port = _free_port()
         provider_url = f"http://127.0.0.1:{sim_port}/api/v2"
         poll = base.poll_interval if "PAXYO_POLL_INTERVAL" in os.environ else DEMO_POLL_INTERVAL
@@ -215,8 +223,8 @@ def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.
             "REDIS_URL": redis_url,
             "PORT": str(port),
             "PAXYO_DEMO": "1",
-            "PAXYO_REDIS_PREFIX": REDIS_PREFIX,
-            "PAXYO_QUEUE": REDIS_PREFIX,
+            "PAXYO_REDIS_PREFIX": prefix,
+            "PAXYO_QUEUE": prefix,
             "PAXYO_POLL_INTERVAL": str(poll),
             f"PAXYO_PROVIDER_{PROVIDER.upper()}_URL": provider_url,
             f"PAXYO_PROVIDER_{PROVIDER.upper()}_KEY": PROVIDER_KEY,
@@ -253,8 +261,21 @@ def run_demo(base: Settings, *, port: int, workers: int = 2, host: str = "127.0.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         children.stop()
+        if forget is not None:
+            _forget_demo_redis(*forget)
         if private_redis is not None:
             private_redis.stop()  # last: the children use it until they are gone
+
+
+def _forget_demo_redis(redis_url: str, prefix: str) -> None:
+    """Leave no keys behind in a Redis the demo shares (each port has its own prefix)."""
+    import redis
+
+    try:
+        reset_demo_redis(redis_url, prefix)
+    except redis.RedisError as exc:
+        print(f"paxyo demo: could not delete its Redis keys ({prefix}:*): {exc}",
+              file=sys.stderr)
 
 
 def _interrupt(signum: int, frame: object) -> None:

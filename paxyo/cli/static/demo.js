@@ -18,7 +18,7 @@
   var realtime = null;
   var rows = {}; // order id -> {tr, order}
   var webhookTimer = null;
-  var shownDeliveries = {}; // event id -> true, to highlight the new ones
+  var shownDeliveries = null; // event id -> true, to highlight new ones (none on the first view)
 
   function $(id) { return document.getElementById(id); }
 
@@ -187,7 +187,7 @@
       tr.dataset.eventId = d.event_id;
       if (d.order_id != null) tr.dataset.orderId = d.order_id;
       if (d.user_id === userId) tr.className = "mine";
-      if (!shownDeliveries[d.event_id]) tr.classList.add("changed");
+      if (shownDeliveries && !shownDeliveries[d.event_id]) tr.classList.add("changed");
       fresh[d.event_id] = true;
       cell(tr, new Date(d.received_at).toLocaleTimeString(), "num");
       cell(tr, d.event_id + (d.deliveries > 1 ? " (×" + d.deliveries + ")" : ""), "num small");
