@@ -16,6 +16,10 @@ Control endpoints (JSON, no key), for tests, the demo and benchmarks:
   to null. "omit" leaves the id out; "extra" adds two ids not asked for (one no order has, one
   known order), each with a Canceled entry; "repeat" writes the id's key twice in the body, as
   string-built PHP JSON does. The order keeps moving (or stays frozen) as before.
+- ``POST /sim/orders/{id}`` ``{"schedule": {"pending": 30, "running": 120, "ends": "Partial",
+  "remains": 300}}``: from now, Pending for 30 s, then In progress for 120 s while the remains
+  fall in ten equal steps, then Partial with 300 remains (``paxyo demo``'s slow orders). It
+  replaces a frozen status or entry; setting one later freezes the order again.
 - ``POST /sim/orders`` ``{"orders": [{"id": ..., "status": ..., "remains": ...}, ...]}``: the
   same for many orders in one request (benchmarks seed 100,000 orders this way).
 - ``GET|POST /sim/faults``: latency_ms, error_rate, html_rate, timeout_rate, rate_limit_per_min.

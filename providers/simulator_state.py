@@ -5,7 +5,8 @@ No I/O here; :mod:`providers.simulator` serves this state over HTTP.
 An order stores only its creation time, service and quantity. Its schedule (how long it stays
 Pending, then In progress, and how it ends) is derived on demand from a keyed hash of the seed
 and the order id, so 100,000 orders cost a few tens of MB and no background task. Orders set
-through the control API carry an :class:`Override` and stop moving on their own.
+through the control API carry an :class:`Override` and stop moving on their own; an order
+given a :class:`Schedule` through it follows that one instead (the demo's slow orders).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ CURRENCY = "USD"
 PENDING_SECONDS = (1.0, 5.0)
 RUNNING_SECONDS = (3.0, 20.0)
 OPEN_STATUSES = frozenset({"Pending", "In progress", "Processing"})
+FINAL_STATUSES = ("Completed", "Partial", "Canceled")
+MAX_SCHEDULE_SECONDS = 7 * 86400
+SCHEDULE_STEPS = 10  # a scheduled order is delivered in this many equal steps
 MONEY_PLACES = Decimal("0.00001")
 # Per-order faults of multi-status replies (``"reply"`` of POST /sim/orders/{id}): leave the id
 # out, add ids that were not asked for, or write the id's key twice (broken PHP panels that
@@ -68,15 +72,42 @@ SERVICES = {
 DEFAULT_SERVICE = 1
 
 
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A lifecycle set through the control API: Pending for ``pending`` seconds from ``start``,
+    then In progress for ``running`` seconds while the remains fall in SCHEDULE_STEPS equal
+    steps to ``remains``, then ``ends``."""
+
+    start: float
+    pending: float
+    running: float
+    ends: str
+    remains: int
+
+    def state(self, now: float, quantity: int) -> tuple[str, int]:
+        age = now - self.start
+        if age < self.pending:
+            return "Pending", quantity
+        if age < self.pending + self.running:
+            done = int(SCHEDULE_STEPS * (age - self.pending) / self.running) / SCHEDULE_STEPS
+            return "In progress", quantity - int((quantity - self.remains) * done)
+        return self.ends, self.remains
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pending": self.pending, "running": self.running, "ends": self.ends,
+                "remains": self.remains}
+
+
 class SimOrder:
     """What is kept per order; everything else is derived."""
 
-    __slots__ = ("created", "quantity", "service")
+    __slots__ = ("created", "quantity", "schedule", "service")
 
     def __init__(self, created: float, quantity: int, service: int) -> None:
         self.created = created
         self.quantity = quantity
         self.service = service
+        self.schedule: Schedule | None = None
 
 
 _UNSET: Any = object()
@@ -177,10 +208,15 @@ class SimulatorState:
         return {"order": order_id}
 
     def set_order(self, order_id: str, changes: Mapping[str, Any]) -> None:
-        """Control API: create the order if needed, then set status/remains or the entry."""
+        """Control API: create the order if needed, then set status/remains, the entry or a
+        schedule."""
         _check_order_changes(changes)
         order = self.orders.get(order_id)
         quantity = changes.get("quantity")
+        schedule = None
+        if "schedule" in changes:  # checked before anything changes
+            final_quantity = quantity or (order.quantity if order else CONTROL_DEFAULT_QUANTITY)
+            schedule = _schedule(changes["schedule"], self.clock(), final_quantity)
         if order is None:
             order = SimOrder(self.clock(), quantity or CONTROL_DEFAULT_QUANTITY, DEFAULT_SERVICE)
             self.orders[order_id] = order
@@ -190,7 +226,10 @@ class SimulatorState:
             order.quantity = quantity
         if "reply" in changes:
             self._set_reply_fault(order_id, changes["reply"])
-        if "entry" in changes:
+        if schedule is not None:
+            order.schedule = schedule
+            self.overrides.pop(order_id, None)  # it moves on its own again, on this schedule
+        elif "entry" in changes:
             status, remains = self._state(order_id, order)
             self.overrides[order_id] = Override(status, remains, changes["entry"])
         elif "status" in changes or "remains" in changes:
@@ -268,6 +307,8 @@ class SimulatorState:
             "status": status, "remains": remains, "frozen": override is not None,
             "served": self.status_entry(order_id),
         }
+        if order.schedule is not None:
+            view["schedule"] = order.schedule.as_dict()
         if override is not None and override.entry is not _UNSET:
             view["entry"] = override.entry
         if order_id in self.reply_faults:
@@ -316,6 +357,8 @@ class SimulatorState:
 
     def _scheduled_state(self, order_id: str, order: SimOrder) -> tuple[str, int]:
         quantity = order.quantity
+        if order.schedule is not None:
+            return order.schedule.state(self.clock(), quantity)
         if not self.auto_advance:
             return "Pending", quantity
         u_wait, u_run, u_end, u_left, u_word, _ = self._uniforms(order_id)
@@ -417,10 +460,12 @@ def split_ids(text: str) -> list[str]:
 
 
 def _check_order_changes(changes: Mapping[str, Any]) -> None:
-    unknown = set(changes) - {"status", "remains", "entry", "quantity", "reply"}
+    unknown = set(changes) - {"status", "remains", "entry", "quantity", "reply", "schedule"}
     if unknown:
-        raise ValueError(
-            f"unknown keys {sorted(unknown)}; use status, remains, entry, quantity, reply")
+        raise ValueError(f"unknown keys {sorted(unknown)}; "
+                         "use status, remains, entry, quantity, reply, schedule")
+    if "schedule" in changes and {"status", "remains", "entry"} & set(changes):
+        raise ValueError("schedule cannot be combined with status, remains or entry")
     if "reply" in changes and changes["reply"] is not None \
             and changes["reply"] not in REPLY_FAULTS:
         raise ValueError(f"reply must be one of {list(REPLY_FAULTS)} or null")
@@ -433,6 +478,31 @@ def _check_order_changes(changes: Mapping[str, Any]) -> None:
         isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1
     ):
         raise ValueError("quantity must be a positive integer")
+
+
+def _schedule(spec: Any, now: float, quantity: int) -> Schedule:
+    """A :class:`Schedule` starting now from its control-API form; ValueError names the
+    first bad key."""
+    if not isinstance(spec, dict):
+        raise ValueError("schedule must be an object with pending, running, ends, remains")
+    unknown = set(spec) - {"pending", "running", "ends", "remains"}
+    if unknown:
+        raise ValueError(f"schedule: unknown keys {sorted(unknown)}")
+    seconds = {}
+    for name in ("pending", "running"):
+        value = spec.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not 0 <= value <= MAX_SCHEDULE_SECONDS:
+            raise ValueError(f"schedule: {name} must be seconds from 0 to {MAX_SCHEDULE_SECONDS}")
+        seconds[name] = float(value)
+    ends = spec.get("ends")
+    if ends not in FINAL_STATUSES:
+        raise ValueError(f"schedule: ends must be one of {', '.join(FINAL_STATUSES)}")
+    default = {"Completed": 0, "Canceled": quantity, "Partial": quantity // 2}[ends]
+    remains = spec.get("remains", default)
+    if isinstance(remains, bool) or not isinstance(remains, int) or not 0 <= remains <= quantity:
+        raise ValueError(f"schedule: remains must be an integer from 0 to {quantity}")
+    return Schedule(now, seconds["pending"], seconds["running"], ends, remains)
 
 
 def _served_remains(remains: Any) -> Any:

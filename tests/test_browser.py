@@ -1,10 +1,15 @@
 """A real browser against the real system: headless Debian Chromium driven by Playwright.
 
-``paxyo demo`` runs in a subprocess (simulator, dispatcher, two RQ workers, gateway) with a
-3 s poll interval. The test opens the demo page, logs in as user 111, waits for the client's
-``WebSocket connected``, places a test order, clicks Cancel (the simulator now reports the
-order Canceled) and expects the refund toast and the new balance within poll interval + 2 s of
-the click; then the same with Partial (70% remains, so $7.00 of $10.00 back).
+``paxyo demo`` runs in a subprocess (simulator, dispatcher, two RQ workers, gateway, webhook
+sender) with a 3 s poll interval. The test opens the demo page,
+reads what it says the system does, logs in as user 111 (whose seeded orders are still moving),
+waits for the client's ``WebSocket connected``, places a test order, clicks Cancel (the
+simulator now reports the order Canceled) and expects the refund toast and the new balance
+within poll interval + 2 s of the click, no toast for the order's own placement, and no buttons
+left on the finished row; then the same with Partial (70% remains, so $7.00 of $10.00 back).
+It expects the Canceled and Partial events in the page's webhook panel too, delivered by
+``paxyo webhooks run`` to the demo's receiver. The browser console must show no error (a
+missing favicon was one).
 
 The setup installs what it needs: Debian's ``chromium`` (apt-get) and Playwright for Python
 (pip, into this interpreter's environment). Browsers are never downloaded by Playwright
@@ -44,8 +49,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-component-update", "--disable-sync"]
 POLL_INTERVAL = 3.0
 DEADLINE = POLL_INTERVAL + 2.0  # seconds from the click to the toast and the new balance
+WEBHOOK_WAIT = 30.0  # seconds for a delivery to reach the page (no claim on the sender's speed)
 STOP_GRACE = 15.0
-SEEDED_PROVIDER_IDS = (1000, 1001, 1002)  # the simulator's first ids: paxyo demo's seed orders
 
 
 class Unavailable(Exception):
@@ -178,24 +183,27 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, port: int) -> str:
     pytest.fail(f"paxyo demo did not start within 90 s:\n{log.read_text(errors='replace')[-4000:]}")
 
 
-def _freeze_seeded_orders(run: DemoRun) -> None:
-    """Stop the demo's seeded orders where they are and wait until the panel has caught up
-    with them, so that from then on only the test's own orders move the balance."""
+def _freeze_seeded_orders(run: DemoRun) -> int:
+    """Stop user 111's seeded orders where they are and wait until the panel has caught up
+    with them, so that from then on only the test's own orders move the balance. Returns how
+    many were still moving (on their slow schedules) when frozen."""
     frozen = {}
-    for provider_order_id in SEEDED_PROVIDER_IDS:
-        url = f"{run.simulator}/sim/orders/{provider_order_id}"
+    moving = 0
+    for seeded in http_json("GET", f"{run.url}/demo/users/111/orders")[1]["orders"]:
+        url = f"{run.simulator}/sim/orders/{seeded['provider_order_id']}"
         status, order = http_json("GET", url)
-        if status == 200:
-            assert http_json("POST", url, {"status": order["status"],
-                                           "remains": order["remains"]})[0] == 200
-            frozen[str(provider_order_id)] = order["status"].lower()
+        assert status == 200, order
+        moving += order["status"] in ("Pending", "In progress") and "schedule" in order
+        assert http_json("POST", url, {"status": order["status"],
+                                       "remains": order["remains"]})[0] == 200
+        frozen[seeded["provider_order_id"]] = order["status"].lower()
     deadline = time.monotonic() + 4 * POLL_INTERVAL
     while True:
         orders = http_json("GET", f"{run.url}/demo/users/111/orders")[1]["orders"]
         behind = [o for o in orders if o["provider_order_id"] in frozen
                   and o["status"].lower() != frozen[o["provider_order_id"]]]
         if not behind:
-            return
+            return moving
         assert time.monotonic() < deadline, f"seeded orders never caught up: {behind}"
         time.sleep(0.2)
 
@@ -212,28 +220,42 @@ def test_refund_toast_and_balance_arrive_within_the_poll_interval(
         playwright_api, demo_run: DemoRun, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     expect = playwright_api.expect
     console: list[str] = []
+    errors: list[str] = []
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS,
                                              headless=True)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 760})
             page.on("console", lambda message: console.append(message.text))
+            page.on("console", lambda message: message.type == "error" and errors.append(
+                f"{message.text} ({message.location.get('url')})"))
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
             try:
-                _freeze_seeded_orders(demo_run)
+                moving = _freeze_seeded_orders(demo_run)
+                assert moving >= 2, "the seeded orders were finished before anyone could look"
                 page.goto(demo_run.url + "/")
+                expect(page.locator("#login .lead")).to_contain_text(
+                    "refunds canceled and partial orders")
+                expect(page.locator("#login .try")).to_contain_text("Cancel or Partial")
                 with page.expect_console_message(
                         lambda message: message.text == "WebSocket connected", timeout=15_000):
                     page.click("button[data-user='111']")
                 expect(page.locator("#connection")).to_have_text("connected", timeout=10_000)
 
-                timings = {}
+                timings, orders = {}, {}
                 for action, word, refund in (("cancel", "canceled", Decimal("10.00")),
                                              ("partial", "partial", Decimal("7.00"))):
-                    timings[action] = _place_and_move(page, expect, demo_run, action, word,
-                                                      refund)
+                    orders[action], timings[action] = _place_and_move(
+                        page, expect, demo_run, action, word, refund)
                 print(f"\nclick -> toast and balance (deadline {DEADLINE:g} s): "
                       + ", ".join(f"{a} {t:.2f} s" for a, t in timings.items()))
-                shot = tmp_path / "demo.png"
+                _expect_webhook_delivery(page, expect, demo_run, orders["cancel"], "Canceled",
+                                         "10.00")
+                _expect_webhook_delivery(page, expect, demo_run, orders["partial"], "Partial",
+                                         "7.00")
+                shot = tmp_path / "demo.png"  # the whole page in one view, toasts included
+                page.set_viewport_size({"width": 1100, "height": page.evaluate(
+                    "document.documentElement.scrollHeight")})
                 page.screenshot(path=str(shot))
                 target = os.environ.get("PAXYO_DEMO_SCREENSHOT")
                 if target:
@@ -247,11 +269,13 @@ def test_refund_toast_and_balance_arrive_within_the_poll_interval(
         finally:
             browser.close()
     assert "WebSocket connected" in console
+    assert errors == [], errors
 
 
 def _place_and_move(page, expect, run: DemoRun, action: str, word: str,  # type: ignore[no-untyped-def]
-                    refund: Decimal) -> float:
-    """Place a $10.00 order, press ``action`` on its row; seconds from the click to the result."""
+                    refund: Decimal) -> tuple[dict, float]:
+    """Place a $10.00 order, press ``action`` on its row; the order and seconds from the click
+    to the result."""
     page.fill("#quantity", "1000")
     with page.expect_response(lambda r: r.url.endswith("/demo/orders")
                               and r.request.method == "POST") as placed:
@@ -277,5 +301,24 @@ def _place_and_move(page, expect, run: DemoRun, action: str, word: str,  # type:
     assert elapsed <= DEADLINE, f"{action}: {elapsed:.2f} s > {DEADLINE} s"
     expect(row.locator(".status")).to_have_text(word.capitalize())
     expect(row.locator(".refunded")).to_have_text(f"${refund}")
+    expect(row.locator("button")).to_have_count(0)  # finished: nothing left to press
+    expect(row.locator(".actions")).to_have_text("final")
+    # Events reach the page in order, so the placement's came before the refund: no toast.
+    expect(page.locator(".toast", has_text=f"Order #{order['id']} pending")).to_have_count(0)
     assert _server_balance(run, 111) == balance + refund
-    return elapsed
+    return order, elapsed
+
+
+def _expect_webhook_delivery(page, expect, run: DemoRun, order: dict, status: str,  # type: ignore[no-untyped-def]
+                             refund: str) -> None:
+    """The event that moved ``order`` to ``status`` in the page's webhook panel, as the demo's
+    receiver got it from ``paxyo webhooks run`` (signed, checked), and in its own list."""
+    delivery = page.locator(f"#webhooks tbody tr[data-order-id='{order['id']}']",
+                            has=page.locator(".wh-status", has_text=status))
+    expect(delivery).to_have_count(1, timeout=WEBHOOK_WAIT * 1000)
+    expect(delivery.locator(".wh-refund")).to_have_text(f"${refund}")
+    expect(page.locator("#no-webhooks")).to_be_hidden()
+    received = http_json("GET", f"{run.url}/demo/webhooks")[1]
+    assert any(d["order_id"] == order["id"] and d["status"] == status
+               and d["refund"] == refund for d in received["deliveries"]), received
+    assert received["refused"] == 0, received

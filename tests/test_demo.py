@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -12,11 +13,15 @@ import pytest
 import redis
 
 from monitoring.metrics import process_metrics
-from paxyo.accounts import deposit
+from paxyo.accounts import deposit, get_balance
+from paxyo.cli.demo import DEMO_USERS, SEED_ORDERS, demo_charge, seed_demo
 from paxyo.cli.demo_web import setup_demo
+from paxyo.cli.demo_webhooks import KEEP
 from paxyo.keys import Keys
+from paxyo.orders import get_order
 from paxyo.settings import Settings
 from paxyo.store.engine import open_engine
+from paxyo.webhook_signature import sign
 from tests.support import ServerThread, SimulatorHandle, http_json
 from wsgateway.app import create_app
 from wsgateway.auth import verify_token
@@ -26,7 +31,9 @@ EXTERNAL = re.compile(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["'
                       re.I)
 DEMO_PATHS = [("GET", "/"), ("GET", "/demo.js"), ("GET", "/demo.css"),
               ("POST", "/demo/login"), ("GET", "/demo/users/111/orders"),
-              ("POST", "/demo/orders"), ("POST", "/demo/orders/1/simulate")]
+              ("POST", "/demo/orders"), ("POST", "/demo/orders/1/simulate"),
+              ("GET", "/favicon.ico"), ("POST", "/demo/webhook"), ("GET", "/demo/webhooks")]
+WEBHOOK_SECRET = "test-webhook-secret"
 
 
 class Demo:
@@ -49,6 +56,15 @@ class Demo:
         assert status == 201, body
         return body
 
+    def deliver(self, body: bytes, *, secret: str = WEBHOOK_SECRET, at: int | None = None,
+                signature: str | None = None, event_id: str | None = None) -> tuple[int, Any]:
+        """POST ``body`` to the demo's receiver the way the webhook sender does."""
+        headers = {"Paxyo-Signature": sign(secret, body, int(time.time()) if at is None else at)
+                   if signature is None else signature}
+        if event_id is not None:
+            headers["Paxyo-Event-Id"] = event_id
+        return http_json("POST", self.url + "/demo/webhook", body, headers)
+
     def sim_order(self, provider_order_id: str) -> dict[str, Any]:
         status, body = http_json("GET", f"{self.simulator.url}/sim/orders/{provider_order_id}")
         assert status == 200, body
@@ -65,6 +81,8 @@ def _settings(sqlite_url: str, redis_url: str, redis_prefix: str, simulator: Sim
         "PAXYO_PROVIDER_DEMO_KEY": simulator.key,
         "PAXYO_JWT_SECRET": SECRET,
         "PAXYO_ADMIN_TOKEN": "test-admin-token",
+        "PAXYO_WEBHOOK_URL": "http://127.0.0.1:9/demo/webhook",  # the receiver; none sends here
+        "PAXYO_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "PAXYO_DEMO": "1" if demo else "0",
     })
 
@@ -124,9 +142,17 @@ def test_page_and_its_assets_are_served_without_external_resources(demo: Demo) -
 
 # -- login --------------------------------------------------------------------------------------
 
+def test_favicon_is_an_icon(demo: Demo) -> None:
+    status, content_type, icon = demo.raw("/favicon.ico")
+    assert status == 200 and content_type == "image/x-icon"
+    assert icon[:4] == b"\x00\x00\x01\x00"  # an ICO header (a PNG inside)
+    assert b'<link rel="icon" href="/favicon.ico">' in demo.raw("/")[2]
+
+
 def test_login_returns_a_token_for_the_demo_user(demo: Demo) -> None:
     status, body = demo.call("POST", "/demo/login", {"user_id": 222})
     assert status == 200 and body["user_id"] == 222
+    assert body["poll_interval"] == 30.0  # the settings' (the demo runs with 5 s)
     assert verify_token(SECRET, body["token"]) == 222
 
 
@@ -238,3 +264,107 @@ def test_simulate_refuses_bad_actions(demo: Demo, body: Any) -> None:
 def test_simulate_an_unknown_order_is_404(demo: Demo) -> None:
     status, reply = demo.call("POST", "/demo/orders/77/simulate", {"action": "cancel"})
     assert status == 404 and "77" in reply["error"]
+
+
+# -- seeding: orders that keep moving for minutes -----------------------------------------------
+
+def test_seeded_orders_keep_moving_for_the_first_minutes() -> None:
+    def open_at(seconds: float) -> list[int]:
+        return [n for n, o in enumerate(SEED_ORDERS) if seconds < o.pending + o.running]
+
+    ends = sorted(o.pending + o.running for o in SEED_ORDERS)
+    assert len(open_at(120)) >= 4 and len(open_at(240)) >= 2 and ends[-1] >= 300
+    assert max(b - a for a, b in zip([0.0, *ends], ends, strict=False)) <= 90  # one a minute or so
+    for user_id in DEMO_USERS:
+        mine = [o for o in SEED_ORDERS if o.user_id == user_id]
+        assert {o.ends for o in mine} >= {"Completed", "Canceled"}  # a refund and a completion
+        assert sum(demo_charge(o.quantity) for o in mine) <= DEMO_USERS[user_id] - 20  # room
+    assert any(o.ends == "Partial" and 0 < o.remains < o.quantity for o in SEED_ORDERS)
+
+
+def test_seeding_gives_each_order_its_schedule_at_the_simulator(
+        sqlite_url: str, redis_url: str, redis_prefix: str, simulator: SimulatorHandle) -> None:
+    settings = _settings(sqlite_url, redis_url, redis_prefix, simulator, True)
+    seed_demo(settings, settings.providers["demo"], simulator.url)
+    engine = open_engine(sqlite_url)
+    try:
+        placed = [get_order(engine, n, 2) for n in range(1, len(SEED_ORDERS) + 1)]
+        balances = {u: get_balance(engine, u) for u in DEMO_USERS}
+    finally:
+        engine.dispose()
+    for seed, order in zip(SEED_ORDERS, placed, strict=True):
+        assert (order["user_id"], order["quantity"], order["status"]) == (
+            seed.user_id, seed.quantity, "Pending")
+        at_simulator = Demo("", simulator).sim_order(order["provider_order_id"])
+        assert at_simulator["schedule"] == {
+            "pending": seed.pending, "running": seed.running, "ends": seed.ends,
+            "remains": seed.remains}
+        assert (at_simulator["service"], at_simulator["frozen"]) == (seed.service, False)
+    for user_id, welcome in DEMO_USERS.items():
+        charged = sum(demo_charge(o.quantity) for o in SEED_ORDERS if o.user_id == user_id)
+        assert balances[user_id] == welcome - charged
+
+
+# -- the webhook receiver -----------------------------------------------------------------------
+
+def _event(event_id: str = "0000000000000042", **fields: Any) -> bytes:
+    return orjson.dumps({"type": "order.updated", "id": event_id, "order_id": 7, "user_id": 111,
+                         "status": "Canceled", "previous_status": "In progress",
+                         "remains": 1000, "quantity": 1000, "refund": "10.00",
+                         "balance": "50.00", "at": "2026-01-05T10:00:00Z", **fields})
+
+
+def test_a_signed_delivery_is_acknowledged_and_shown(demo: Demo) -> None:
+    assert demo.call("GET", "/demo/webhooks")[1] == {"deliveries": [], "received": 0,
+                                                     "refused": 0}
+    status, reply = demo.deliver(_event(), event_id="0000000000000042")
+    assert status == 200 and reply == {"received": "0000000000000042", "deliveries": 1}
+    demo.deliver(_event("0000000000000043", type="balance.updated", order_id=None))
+    view = demo.call("GET", "/demo/webhooks")[1]
+    assert (view["received"], view["refused"]) == (2, 0)
+    newest, first = view["deliveries"]
+    assert newest["event_id"] == "0000000000000043" and newest["type"] == "balance.updated"
+    assert {k: first[k] for k in ("event_id", "type", "order_id", "user_id", "status",
+                                  "refund", "balance", "deliveries")} == {
+        "event_id": "0000000000000042", "type": "order.updated", "order_id": 7, "user_id": 111,
+        "status": "Canceled", "refund": "10.00", "balance": "50.00", "deliveries": 1}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", first["received_at"])
+
+
+def test_a_repeated_delivery_is_counted_once(demo: Demo) -> None:
+    for _ in range(3):
+        assert demo.deliver(_event())[0] == 200  # at least once: acknowledged every time
+    view = demo.call("GET", "/demo/webhooks")[1]
+    assert len(view["deliveries"]) == 1 and view["deliveries"][0]["deliveries"] == 3
+
+
+def test_the_receiver_keeps_the_last_deliveries_only(demo: Demo) -> None:
+    for n in range(KEEP + 5):
+        assert demo.deliver(_event(f"{n:016d}"))[0] == 200
+    kept = [d["event_id"] for d in demo.call("GET", "/demo/webhooks")[1]["deliveries"]]
+    assert kept == [f"{n:016d}" for n in reversed(range(5, KEEP + 5))]
+
+
+def _tampered(body: bytes) -> dict[str, Any]:
+    good = sign(WEBHOOK_SECRET, body, int(time.time()))
+    return {"body": body.replace(b'"10.00"', b'"99.00"'), "signature": good}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(lambda: _tampered(_event()), id="body changed after signing"),
+    pytest.param(lambda: {"body": _event(), "secret": "another secret"}, id="wrong secret"),
+    pytest.param(lambda: {"body": _event(), "at": int(time.time()) - 301}, id="too old"),
+    pytest.param(lambda: {"body": _event(), "at": int(time.time()) + 301}, id="from the future"),
+    pytest.param(lambda: {"body": _event(), "signature": ""}, id="no signature"),
+    pytest.param(lambda: {"body": _event(), "signature": "t=1,v1=00"}, id="garbage signature"),
+    pytest.param(lambda: {"body": b"not json"}, id="signed, not JSON"),
+    pytest.param(lambda: {"body": b'{"id": 5, "type": "order.updated"}'}, id="signed, no event"),
+    pytest.param(lambda: {"body": _event(), "event_id": "0000000000000099"},
+                 id="event id header differs"),
+])
+def test_a_forged_or_bad_delivery_is_refused_with_400(demo: Demo, case: Any) -> None:
+    status, reply = demo.deliver(**case())
+    assert status == 400 and reply["error"], reply
+    view = demo.call("GET", "/demo/webhooks")[1]
+    assert (view["deliveries"], view["received"], view["refused"]) == ([], 0, 1)
+

@@ -102,3 +102,42 @@ def test_ctrl_c_to_the_process_group_stops_the_demo_without_a_traceback(tmp_path
             demo.kill()
         for pid in children_in(tmp_path):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_keys_are_its_ports_own_and_gone_after_it_stops(tmp_path, redis_url):
+    """Two demos on one Redis (tests side by side, a shared machine) must not lead each
+    other's dispatchers or delete each other's keys: each port has its own prefix."""
+    import redis
+
+    port = free_port()
+    other = f"paxyo-demo-{free_port()}:marker"  # another demo's key: left alone
+    client = redis.Redis.from_url(redis_url)
+    client.set(other, "1", ex=120)
+    env = {**os.environ, "REDIS_URL": redis_url}
+    env.pop("DATABASE_URL", None)
+    log = tmp_path / "demo.log"
+    with open(log, "wb") as out:
+        demo = subprocess.Popen([sys.executable, "-m", "paxyo.cli", "demo", "--port", str(port),
+                                 "--workers", "1"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while "demo is running" not in log.read_text() and time.monotonic() < deadline:
+            assert demo.poll() is None, log.read_text()
+            time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while not list(client.scan_iter(match=f"paxyo-demo-{port}:*")):
+            assert time.monotonic() < deadline, "the demo wrote no key under its prefix"
+            time.sleep(0.2)
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(30) == 0, log.read_text()[-4000:]
+        for pattern in (f"paxyo-demo-{port}:*", f"rq:*:paxyo-demo-{port}"):
+            assert list(client.scan_iter(match=pattern)) == [], pattern
+        assert client.get(other) == b"1"
+    finally:
+        client.delete(other)
+        client.close()
+        if demo.poll() is None:
+            demo.kill()
+        for pid in children_in(tmp_path):
+            os.kill(pid, signal.SIGKILL)

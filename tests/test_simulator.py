@@ -411,3 +411,73 @@ def test_auto_advance_false_keeps_orders_pending() -> None:
         assert (await sim.api(action="status", order=order))["status"] == "Pending"
 
     run(check, clock=clock)
+
+
+def test_a_schedule_moves_an_order_slowly_in_steps_to_its_end() -> None:
+    clock = FakeClock()
+
+    async def check(sim: Sim) -> None:
+        order = (await sim.api(action="add", service=1, link="l", quantity=1000))["order"]
+        await sim.control(f"/sim/orders/{order}", {"status": "In progress", "remains": 5})
+        clock.now += 100  # the schedule counts from when it is set, not from the order's add
+        view = await sim.control(f"/sim/orders/{order}", {"schedule": {
+            "pending": 30, "running": 100, "ends": "Partial", "remains": 300}})
+        assert view["frozen"] is False  # the schedule replaced the frozen status
+        assert view["schedule"] == {"pending": 30.0, "running": 100.0, "ends": "Partial",
+                                    "remains": 300}
+        seen = []
+        for at in (0, 29.9, 30, 39.9, 40, 75, 129.9, 130, 10_000):
+            clock.now = 1100.0 + at
+            reply = await sim.api(action="status", order=order)
+            seen.append((reply["status"], reply["remains"]))
+        assert seen == [
+            ("Pending", "1000"), ("Pending", "1000"), ("In progress", "1000"),
+            ("In progress", "1000"), ("In progress", "930"), ("In progress", "720"),
+            ("In progress", "370"), ("Partial", "300"), ("Partial", "300")]
+        # a status set now freezes it again
+        await sim.control(f"/sim/orders/{order}", {"status": "Canceled", "remains": 1000})
+        assert (await sim.api(action="status", order=order))["status"] == "Canceled"
+
+    run(check, clock=clock)  # auto_advance=False: a schedule moves the order all the same
+
+
+@pytest.mark.parametrize(("ends", "remains"), [("Completed", "0"), ("Canceled", "400"),
+                                               ("Partial", "200")])
+def test_a_schedule_ends_with_the_remains_its_end_implies(ends: str, remains: str) -> None:
+    clock = FakeClock()
+
+    async def check(sim: Sim) -> None:
+        await sim.control("/sim/orders/900", {"quantity": 400, "schedule": {"ends": ends}})
+        clock.now += 1
+        reply = await sim.api(action="status", order=900)
+        assert (reply["status"], reply["remains"]) == (ends, remains)
+
+    run(check, clock=clock)
+
+
+@pytest.mark.parametrize("schedule", [
+    None, [], {"ends": "Done"}, {"ends": "Completed", "pending": -1},
+    {"ends": "Completed", "running": "10"}, {"ends": "Completed", "running": True},
+    {"ends": "Completed", "pending": 10**9}, {"ends": "Partial", "remains": 1001},
+    {"ends": "Partial", "remains": 1.5}, {"ends": "Completed", "speed": 2},
+])
+def test_bad_schedules_are_400_and_change_nothing(schedule: Any) -> None:
+    async def check(sim: Sim) -> None:
+        await sim.control("/sim/orders/901", {"quantity": 1000})
+        reply = await sim.control("/sim/orders/901", {"quantity": 5, "schedule": schedule},
+                                  expect=400)
+        assert "schedule" in reply["error"]
+        view = await sim.control("/sim/orders/901")
+        assert view["quantity"] == 1000 and "schedule" not in view
+
+    run(check)
+
+
+def test_a_schedule_with_a_status_is_400() -> None:
+    async def check(sim: Sim) -> None:
+        reply = await sim.control("/sim/orders/902", {"status": "Completed",
+                                                      "schedule": {"ends": "Completed"}},
+                                  expect=400)
+        assert "combined" in reply["error"]
+
+    run(check)

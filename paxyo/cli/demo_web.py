@@ -1,12 +1,17 @@
 """The demo page and its endpoints, registered only in demo mode (``PAXYO_DEMO=1``).
 
-- ``GET /``: the demo page (``static/demo.html``, ``demo.css``, ``demo.js``; nothing external).
-- ``POST /demo/login`` ``{"user_id":111}``: a WebSocket token for a demo user.
+- ``GET /``: the demo page (``static/demo.html``, ``demo.css``, ``demo.js``, ``favicon.ico``;
+  nothing external).
+- ``POST /demo/login`` ``{"user_id":111}``: a WebSocket token for a demo user (and the poll
+  interval, which the page mentions).
 - ``GET /demo/users/{user_id}/orders``: the user's balance and orders, newest first.
 - ``POST /demo/orders`` ``{"user_id":111,"quantity":1000,"service":1}``: place a test order at the
   demo provider (the simulator), register it with the panel's price and debit it.
 - ``POST /demo/orders/{order_id}/simulate`` ``{"action":"cancel"|"partial"|"complete"}``: tell
   the simulator to move the order; the workers notice it at the next check.
+- ``POST /demo/webhook``: the demo's webhook receiver (:mod:`paxyo.cli.demo_webhooks`), where
+  ``paxyo demo`` points the sender: 200 for a delivery signed with the demo's secret, 400
+  otherwise. ``GET /demo/webhooks``: the last deliveries it kept, newest first.
 
 No admin token is asked for, but only the demo users and the demo provider are reachable:
 these routes never exist outside demo mode.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,7 @@ from sqlalchemy import Engine, func, select
 
 from paxyo.accounts import get_balance
 from paxyo.cli.demo import DEMO_USERS, PROVIDER, demo_charge
+from paxyo.cli.demo_webhooks import RefusedDelivery, WebhookInbox
 from paxyo.errors import Conflict, NotFound
 from paxyo.money import ZERO, format_money
 from paxyo.orders import NewOrder, get_order, order_view, place_order
@@ -42,7 +49,8 @@ log = logging.getLogger("wsgateway.demo")
 
 STATIC = Path(__file__).parent / "static"
 PAGES = {"/": ("demo.html", "text/html"), "/demo.css": ("demo.css", "text/css"),
-         "/demo.js": ("demo.js", "application/javascript")}
+         "/demo.js": ("demo.js", "application/javascript"),
+         "/favicon.ico": ("favicon.ico", "image/x-icon")}
 TOKEN_TTL = 3600
 MAX_QUANTITY = 100_000
 DEMO_LINK = "https://instagram.com/paxyo-demo"
@@ -55,6 +63,7 @@ SIMULATED = {  # action -> (simulator status, tenths of the quantity that remain
 DEMO_SETTINGS = web.AppKey("demo_settings", Settings)
 DEMO_HTTP = web.AppKey("demo_http", aiohttp.ClientSession)
 DEMO_PLACING = web.AppKey("demo_placing", asyncio.Lock)  # one "next free id" at a time
+DEMO_INBOX = web.AppKey("demo_inbox", WebhookInbox)
 
 
 def setup_demo(app: web.Application, settings: Settings) -> None:
@@ -63,12 +72,15 @@ def setup_demo(app: web.Application, settings: Settings) -> None:
         return
     app[DEMO_SETTINGS] = settings
     app[DEMO_PLACING] = asyncio.Lock()
+    app[DEMO_INBOX] = WebhookInbox(settings.webhook_secret)
     for path in PAGES:
         app.router.add_get(path, static_page)
     app.router.add_post("/demo/login", login)
     app.router.add_get("/demo/users/{user_id}/orders", user_orders)
     app.router.add_post("/demo/orders", new_order)
     app.router.add_post("/demo/orders/{order_id}/simulate", simulate)
+    app.router.add_post("/demo/webhook", receive_webhook)
+    app.router.add_get("/demo/webhooks", webhook_deliveries)
     app.cleanup_ctx.append(_http_session)
 
 
@@ -85,7 +97,8 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
 async def static_page(request: web.Request) -> web.Response:
     name, content_type = PAGES[request.path]
     return web.Response(body=(STATIC / name).read_bytes(), content_type=content_type,
-                        charset="utf-8", headers={"Cache-Control": "no-cache"})
+                        charset=None if content_type.startswith("image/") else "utf-8",
+                        headers={"Cache-Control": "no-cache"})
 
 
 async def login(request: web.Request) -> web.Response:
@@ -94,7 +107,8 @@ async def login(request: web.Request) -> web.Response:
     if not settings.jwt_secret:
         raise BadRequest("PAXYO_JWT_SECRET is not set")
     return json_response({"user_id": user_id,
-                          "token": mint_token(settings.jwt_secret, user_id, ttl=TOKEN_TTL)})
+                          "token": mint_token(settings.jwt_secret, user_id, ttl=TOKEN_TTL),
+                          "poll_interval": settings.poll_interval})
 
 
 async def user_orders(request: web.Request) -> web.Response:
@@ -162,6 +176,23 @@ async def simulate(request: web.Request) -> web.Response:
                           "status": status, "remains": remains, "simulator": simulator})
 
 
+async def receive_webhook(request: web.Request) -> web.Response:
+    """What a panel's server does with a delivery: verify, keep, answer 2xx (400 if forged)."""
+    body = await request.read()
+    try:
+        kept = request.app[DEMO_INBOX].receive(
+            body, request.headers.get("Paxyo-Signature", ""),
+            request.headers.get("Paxyo-Event-Id", ""), now=time.time())
+    except RefusedDelivery as exc:
+        log.warning("demo webhook refused: %s", exc)
+        raise BadRequest(str(exc)) from None
+    return json_response({"received": kept["event_id"], "deliveries": kept["deliveries"]})
+
+
+async def webhook_deliveries(request: web.Request) -> web.Response:
+    return json_response(request.app[DEMO_INBOX].view())
+
+
 # -- helpers ------------------------------------------------------------------------------------
 
 def _user_state(engine: Engine, user_id: int, decimals: int) -> tuple[str | None, list[dict]]:
@@ -181,7 +212,8 @@ def _place_next(engine: Engine, settings: Settings, new: NewOrder):  # type: ign
         id=next_id, user_id=new.user_id, provider=new.provider,
         provider_order_id=new.provider_order_id, quantity=new.quantity, charge=new.charge,
         service=new.service, link=new.link),
-        decimals=settings.money_decimals, poll_interval=settings.poll_interval)
+        decimals=settings.money_decimals, poll_interval=settings.poll_interval,
+        webhook=settings.webhooks_enabled)
 
 
 def _simulator_base(provider_url: str) -> str:

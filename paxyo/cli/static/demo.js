@@ -1,7 +1,8 @@
 /*
  * The demo page: log in as a demo user, show the balance and orders, place test orders and
  * move them at the provider simulator; order and balance events arrive over the WebSocket
- * (PaxyoRealtime, /paxyo-realtime.js) and update the page in place.
+ * (PaxyoRealtime, /paxyo-realtime.js) and update the page in place. The webhook panel polls
+ * GET /demo/webhooks: what the demo's receiver got from the sender, server to server.
  */
 (function () {
   "use strict";
@@ -9,11 +10,15 @@
   var TERMINAL = { completed: true, partial: true, canceled: true };
   var TOAST_MS = 8000;
   var MAX_TOASTS = 4;
+  var WEBHOOK_POLL_MS = 2000;
+  var WEBHOOKS_SHOWN = 12;
   var LAST_ID_KEY = "paxyo-realtime:last-id:"; // the client's own localStorage key
 
   var userId = null;
   var realtime = null;
   var rows = {}; // order id -> {tr, order}
+  var webhookTimer = null;
+  var shownDeliveries = null; // event id -> true, to highlight new ones (none on the first view)
 
   function $(id) { return document.getElementById(id); }
 
@@ -97,8 +102,16 @@
     status.dataset.status = order.status.toLowerCase();
     row.tr.querySelector(".remains").textContent = order.remains + " / " + order.quantity;
     row.tr.querySelector(".refunded").textContent = "$" + order.refunded;
-    var done = TERMINAL[order.status.toLowerCase()] === true;
-    row.tr.querySelectorAll("button").forEach(function (b) { b.disabled = done; });
+    if (TERMINAL[order.status.toLowerCase()] === true) { // final: nothing left to press
+      var actions = row.tr.querySelector(".actions");
+      if (!actions.querySelector(".final")) {
+        actions.textContent = "";
+        var text = document.createElement("span");
+        text.className = "final muted small";
+        text.textContent = "final";
+        actions.appendChild(text);
+      }
+    }
   }
 
   function renderOrders(orders) {
@@ -134,11 +147,13 @@
   }
 
   function onOrder(event) {
+    // Toast what the user cares about: money back and finished orders, not every step (an
+    // order's own placement or falling remains just update its row).
     var status = event.status.toLowerCase();
     if (positive(event.refund)) {
       toast("Order #" + event.order_id + " " + status + ": $" + event.refund + " refunded", "refund");
-    } else {
-      toast("Order #" + event.order_id + " " + status);
+    } else if (status === "completed" && event.previous_status !== event.status) {
+      toast("Order #" + event.order_id + " completed", "done");
     }
     setBalance(event.balance);
     var row = rows[event.order_id];
@@ -155,6 +170,47 @@
   function onBalance(event) {
     setBalance(event.balance);
     toast("Balance updated: $" + event.balance);
+  }
+
+  // -- webhook deliveries (server to server) ---------------------------------------------------
+
+  function pollWebhooks() {
+    return request("GET", "/demo/webhooks").then(renderWebhooks, function () { /* next time */ });
+  }
+
+  function renderWebhooks(data) {
+    var body = $("webhooks").querySelector("tbody");
+    var fresh = {};
+    body.textContent = "";
+    data.deliveries.slice(0, WEBHOOKS_SHOWN).forEach(function (d) {
+      var tr = document.createElement("tr");
+      tr.dataset.eventId = d.event_id;
+      if (d.order_id != null) tr.dataset.orderId = d.order_id;
+      if (d.user_id === userId) tr.className = "mine";
+      if (shownDeliveries && !shownDeliveries[d.event_id]) tr.classList.add("changed");
+      fresh[d.event_id] = true;
+      cell(tr, new Date(d.received_at).toLocaleTimeString(), "num");
+      cell(tr, d.event_id + (d.deliveries > 1 ? " (×" + d.deliveries + ")" : ""), "num small");
+      cell(tr, d.type);
+      cell(tr, d.user_id == null ? "" : String(d.user_id));
+      cell(tr, d.order_id == null ? "" : "#" + d.order_id);
+      cell(tr, d.status || "", "wh-status");
+      cell(tr, d.refund && positive(d.refund) ? "$" + d.refund : "–", "num wh-refund");
+      cell(tr, d.balance == null ? "" : "$" + d.balance, "num");
+      body.appendChild(tr);
+    });
+    shownDeliveries = fresh;
+    $("no-webhooks").hidden = data.deliveries.length > 0;
+    $("webhooks").hidden = data.deliveries.length === 0;
+    $("refused").textContent = data.refused ? data.refused + " refused (bad signature or body)." : "";
+  }
+
+  function watchWebhooks() {
+    $("webhooks-card").hidden = false;
+    if (webhookTimer == null) {
+      pollWebhooks();
+      webhookTimer = setInterval(pollWebhooks, WEBHOOK_POLL_MS);
+    }
   }
 
   function onStatus(state) {
@@ -177,6 +233,8 @@
       $("who").textContent = "logged in as user " + id;
       $("account").hidden = false;
       $("orders-card").hidden = false;
+      if (data.poll_interval) $("poll").textContent = "every " + data.poll_interval + " s";
+      watchWebhooks();
       note("");
       // Every demo run starts with a new database, so an event id remembered from an earlier
       // run means nothing now: start fresh (the hello then asks for a reload over HTTP).
