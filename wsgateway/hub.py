@@ -9,6 +9,9 @@ Concurrency and lifecycle:
   entries (perf-notes: events per XREAD dominate CPU). Each outbox id is routed once even if
   the stream carries it twice (a repeat publish after a crash): the hub remembers at least
   the last ``SEEN_IDS`` ids.
+- Each socket is one :class:`Subscriber`, which is also the socket's protocol once the /ws
+  handler has taken the socket over from aiohttp (:mod:`wsgateway.connection`): no task,
+  future or coroutine per open socket, and it unsubscribes itself when the socket closes.
 - Routing never awaits: each event's frame is written straight to its sockets' transports.
   A client that stops reading cannot stall the others; once its unsent output passes
   ``WRITE_BUFFER_LIMIT`` it is closed with 4008 TOO_SLOW and resumes after reconnecting.

@@ -6,6 +6,10 @@ latest event id, whether everything after ``last_id`` follows); then the missed 
 the user's history, then live events from the process's :class:`~wsgateway.hub.Hub`. The
 socket is registered with the hub *before* the history is read, so nothing published in
 between is lost; the hub holds those live events back and drops the ones the replay sent.
+
+aiohttp checks the upgrade request and refusals are its plain HTTP answers; an accepted socket
+is taken over by its :class:`~wsgateway.hub.Subscriber` (:func:`wsgateway.connection.take_over`)
+before the hello, and the handler returns once the replay is sent, freeing aiohttp's objects.
 """
 
 from __future__ import annotations
