@@ -607,6 +607,20 @@ def test_aiohttp_request_objects_are_freed_once_the_socket_is_greeted(
     run(scenario())
 
 
+def test_a_greeting_without_redis_closes_with_1013(settings: Settings) -> None:
+    down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with serve(down) as server:
+
+        async def scenario() -> Any:
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(ws_url(server, down, 111)) as ws:
+                return await ws.receive(timeout=TIMEOUT)
+
+        message = run(scenario())
+    assert message.type is WSMsgType.CLOSE, message
+    assert message.data == CloseCode.TRY_AGAIN_LATER
+
+
 # -- refusals -----------------------------------------------------------------------------------
 
 TOKEN_KINDS = ["missing", "garbage", "expired", "wrong secret", "alg none", "no exp", "bad sub"]
