@@ -66,6 +66,12 @@ DRAIN = 2.0  # seconds after the last publish before clients report
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 BENCH_KEY = "bench_ts"
+BASELINE = "baseline"  # the server name of --baseline's gateway
+
+
+def protocol(server: str) -> str:
+    """The wire protocol a server speaks: ours (also the baseline's) or Socket.IO's."""
+    return "socketio" if server == "socketio" else "paxyo"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,16 +453,39 @@ class Bench:
                               env={**os.environ, **self.env}, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"paxyo db upgrade failed:\n{done.stdout}{done.stderr}")
+        if self.args.baseline:
+            self.setup_baseline()
         adapter = SIO_DIR / "node_modules" / "@socket.io" / "redis-streams-adapter"
         if "socketio" in self.args.servers and not adapter.exists():
             print("installing bench/socketio (npm install) ...", flush=True)
             subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=SIO_DIR,
                            check=True, stdout=subprocess.DEVNULL)
 
+    def setup_baseline(self) -> None:
+        """The --baseline revision's tree (git archive), with its own migrated database."""
+        tree = self.tmp / "baseline"
+        tree.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", self.args.baseline],
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        self.baseline_env = {**self.env, "DATABASE_URL": f"sqlite:///{self.tmp / 'base.db'}",
+                             "PYTHONPATH": str(tree)}
+        done = subprocess.run([PYTHON, "-m", "paxyo.cli", "db", "upgrade"], cwd=tree,
+                              env={**os.environ, **self.baseline_env}, capture_output=True,
+                              text=True)
+        if done.returncode:
+            raise RuntimeError(f"baseline db upgrade failed:\n{done.stdout}{done.stderr}")
+        self.baseline_tree = tree
+
     # -- servers --------------------------------------------------------------------------------
 
     def start_server(self, server: str, port: int) -> subprocess.Popen:
-        if server == "paxyo":
+        if server == BASELINE:
+            proc = self.spawn([PYTHON, "-m", "paxyo.cli", "gateway", "--host", "127.0.0.1"],
+                              env={**self.baseline_env, "PORT": str(port)},
+                              cwd=self.baseline_tree, log="baseline")
+            url = f"http://127.0.0.1:{port}/healthz"
+        elif server == "paxyo":
             cmd = (self.args.gateway_cmd.split() if self.args.gateway_cmd
                    else [PYTHON, "-m", "paxyo.cli", "gateway"])
             proc = self.spawn([*cmd, "--host", "127.0.0.1"], env={**self.env, "PORT": str(port)},
@@ -498,7 +527,7 @@ class Bench:
             if sockets <= 0:
                 continue
             procs.append(self.spawn(
-                [PYTHON, str(Path(__file__).resolve()), "_client", "--kind", server,
+                [PYTHON, str(Path(__file__).resolve()), "_client", "--kind", protocol(server),
                  "--base", f"http://127.0.0.1:{port}", "--sockets", str(sockets),
                  "--sockets-per-user", str(spu), "--first-user", str(first_user),
                  "--concurrency", str(self.args.connect_concurrency)],
@@ -523,7 +552,7 @@ class Bench:
                   win: tuple[int, int], seconds: float) -> subprocess.Popen:
         first_id = self.next_id
         self.next_id += round(rate * seconds) + 1000
-        if server == "paxyo":
+        if protocol(server) == "paxyo":
             cmd = [PYTHON, str(Path(__file__).resolve()), "_publish", "--redis-url",
                    self.redis_url, "--prefix", self.prefix, "--rate", str(rate),
                    "--seconds", str(seconds), "--users", str(users), "--first-user",
@@ -702,24 +731,39 @@ def _medians(results: list[Result]) -> list[Result]:
     return picked
 
 
-def _paired_ratios(results: list[Result], clients: int, rate: int) -> list[float]:
+def _paired_ratios(results: list[Result], clients: int, rate: int,
+                   ours: str = "paxyo") -> list[float]:
     """Ours / Socket.IO deliveries per CPU-second, one per repeat that ran both."""
     by_rep = {(r.server, r.rep): r for r in results if (r.clients, r.rate) == (clients, rate)}
-    return [by_rep[("paxyo", rep)].deliveries_per_cpu_s / peer.deliveries_per_cpu_s
+    return [by_rep[(ours, rep)].deliveries_per_cpu_s / peer.deliveries_per_cpu_s
             for (server, rep), peer in by_rep.items()
-            if server == "socketio" and ("paxyo", rep) in by_rep and peer.deliveries_per_cpu_s]
+            if server == "socketio" and (ours, rep) in by_rep and peer.deliveries_per_cpu_s]
 
 
 def _rows(results: list[Result]) -> list[tuple[Result, Result | None]]:
+    """(ours, Socket.IO's) per case; the baseline's rows are found by :func:`_baseline`."""
     medians = _medians(results)
     by_key = {(r.server, r.clients, r.rate): r for r in medians}
     rows = []
     for r in medians:
         if r.server == "paxyo":
             rows.append((r, by_key.get(("socketio", r.clients, r.rate))))
-        elif ("paxyo", r.clients, r.rate) not in by_key:
+        elif r.server == BASELINE:
+            if ("paxyo", r.clients, r.rate) not in by_key:
+                rows.append((r, by_key.get(("socketio", r.clients, r.rate))))
+        elif ("paxyo", r.clients, r.rate) not in by_key and \
+                (BASELINE, r.clients, r.rate) not in by_key:
             rows.append((r, None))
     return rows
+
+
+def _baseline(results: list[Result], r: Result) -> Result | None:
+    if r.server != "paxyo":
+        return None
+    for b in _medians(results):
+        if (b.server, b.clients, b.rate) == (BASELINE, r.clients, r.rate):
+            return b
+    return None
 
 
 COLUMNS = ("C", "ev/s", "server", "p50 ms", "p99 ms", "max ms", "deliv/s", "deliv/CPU-s",
@@ -743,7 +787,11 @@ def _cells(r: Result, peer: Result | None, first: bool,
 def _all_rows(results: list[Result]) -> list[list[str]]:
     out = []
     for r, peer in _rows(results):
-        out.append(_cells(r, peer, True, _paired_ratios(results, r.clients, r.rate)))
+        out.append(_cells(r, peer, True, _paired_ratios(results, r.clients, r.rate, r.server)))
+        base = _baseline(results, r)
+        if base is not None:
+            row = _cells(base, peer, True, _paired_ratios(results, r.clients, r.rate, BASELINE))
+            out.append(["", "", *row[2:]])
         if peer is not None:
             out.append(_cells(peer, None, False))
     return out
@@ -850,6 +898,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true",
                    help="about a minute: 2000 clients, 1000 and 5000 ev/s, 5 s measured")
     p.add_argument("--redis-url", help="use this Redis (default: a private redis-server)")
+    p.add_argument("--baseline", metavar="REV",
+                   help="also run the gateway of this git revision (e.g. a commit before a "
+                        "change), same load, shown as 'baseline' beside ours")
     p.add_argument("--gateway-cmd", help="command that runs the gateway (default: "
                    "python -m paxyo.cli gateway); gets PORT and the settings in its env")
     p.add_argument("--profile", type=_pairs, default=set(),
@@ -862,6 +913,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.clients, args.rates, args.duration, args.warmup = [2000], [1000, 5000], 5.0, 2.0
     args.servers = [args.only] if args.only else ["paxyo", "socketio"]
+    if args.baseline:
+        args.servers.insert(1, BASELINE)
     bench = Bench(args)
     try:
         bench.run()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import random
 import shutil
@@ -110,13 +111,18 @@ async def route_batches(users: int, batches: int, rounds: int) -> None:
                   metrics=metrics_module.process_metrics())
     else:  # older baselines: a module-level registry and default
         hub = Hub(None, Keys("bench"))  # type: ignore[arg-type]
+    new_api = list(inspect.signature(Hub.subscribe).parameters)[1] == "user_id"
     peers = []  # kept open, unread: each gets about 6 KB per round
     for user in range(users):
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         transport, _ = await loop.connect_accepted_socket(Sink, ours)
         peers.append(theirs)
-        hub.subscribe(Socket(transport), user).go_live(set(), "0-0")  # type: ignore[arg-type]
+        if new_api:  # trees since the hub owns the transport: subscribe(user_id, transport)
+            subscriber = hub.subscribe(user, transport)
+        else:
+            subscriber = hub.subscribe(Socket(transport), user)  # type: ignore[arg-type]
+        subscriber.go_live(set(), "0-0")
     rng = random.Random(1)
     now_ms = int(time.time() * 1000)
     replies = []

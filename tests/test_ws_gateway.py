@@ -22,7 +22,6 @@ import pytest
 import redis
 import yarl
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from monitoring.metrics import Metrics, process_metrics
@@ -476,6 +475,152 @@ def test_shutdown_closes_sockets_with_1001(settings: Settings) -> None:
     assert run(scenario()) == CloseCode.GOING_AWAY
 
 
+# -- the WebSocket protocol after the take-over (wsgateway/connection.py) ------------------------
+
+RFC_KEY, RFC_ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 1.3
+
+
+async def raw_connect(server: ServerThread, settings: Settings,
+                      user_id: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client on a bare TCP stream, past the 101 answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    token = mint_token(settings.jwt_secret or "", user_id)
+    writer.write(f"GET /ws?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {RFC_KEY}\r\n"
+                 "Sec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert head.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Accept: " + RFC_ACCEPT in head
+    return reader, writer
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, first: int = 0) -> bytes:
+    """A masked client frame; ``first`` ORs bits into the first byte (reserved bits)."""
+    mask = b"\x11\x22\x33\x44"
+    n = len(payload)
+    size = bytes((0x80 | n,)) if n < 126 else bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes(((0x80 if fin else 0) | first | opcode,)) + size + mask + masked
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next server frame (unmasked): (opcode, payload); (-1, b"") at EOF."""
+    try:
+        first, second = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    except asyncio.IncompleteReadError:
+        return -1, b""
+    n = second & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await reader.readexactly(n)
+
+
+async def read_text(reader: asyncio.StreamReader) -> dict[str, Any]:
+    opcode, payload = await read_frame(reader)
+    assert opcode == 1, (opcode, payload)
+    return orjson.loads(payload)
+
+
+def test_pings_fragments_and_a_ping_before_the_hello_are_answered_in_order(
+        gateway: ServerThread, settings: Settings) -> None:
+    async def scenario() -> None:
+        reader, writer = await raw_connect(gateway, settings, 111)
+        writer.write(client_frame(1, b"ping"))  # at once: answered after the hello
+        assert (await read_text(reader))["type"] == "hello"
+        assert await read_text(reader) == {"type": "pong"}
+        writer.write(client_frame(9, b"are you there"))
+        assert await read_frame(reader) == (10, b"are you there")
+        writer.write(client_frame(1, b"pi", fin=False) + client_frame(9, b"between")
+                     + client_frame(0, b"ng"))  # a control frame inside a fragmented message
+        assert await read_frame(reader) == (10, b"between")
+        assert await read_text(reader) == {"type": "pong"}
+        writer.write(client_frame(1, b" " * 4092 + b"ping"))  # 4096 bytes: the largest allowed
+        assert await read_text(reader) == {"type": "pong"}
+        writer.write(client_frame(8, (1000).to_bytes(2, "big") + b"bye"))
+        assert await read_frame(reader) == (8, (1000).to_bytes(2, "big"))
+        assert await read_frame(reader) == (-1, b"")  # and the server closes the connection
+        writer.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("frames", "code"), [
+    (client_frame(1, b" " * 4093 + b"ping"), 1009),  # 4097 bytes
+    (client_frame(1, b"x" * 3000, fin=False) + client_frame(0, b"x" * 1200), 1009),
+    (client_frame(1, b"\xff\xfeping"), 1007),  # not UTF-8
+    (client_frame(1, b"ping", first=0x40), 1002),  # a reserved bit (no extension agreed)
+    (client_frame(0, b"ping"), 1002),  # a continuation with nothing to continue
+    (client_frame(1, b"pi", fin=False) + client_frame(1, b"ng"), 1002),  # no continuation
+    (client_frame(9, b"x", fin=False), 1002),  # a fragmented control frame
+    (client_frame(3, b"ping"), 1002),  # an unknown opcode
+    (client_frame(8, (999).to_bytes(2, "big")), 1002),  # a close code nobody may send
+], ids=["too-big", "too-big-fragmented", "bad-utf8", "reserved-bit", "stray-continuation",
+        "unfinished-message", "fragmented-ping", "unknown-opcode", "bad-close-code"])
+def test_protocol_errors_close_the_socket_with_their_code(
+        gateway: ServerThread, settings: Settings, frames: bytes, code: int) -> None:
+    async def scenario() -> tuple[int, bytes]:
+        reader, writer = await raw_connect(gateway, settings, 111)
+        assert (await read_text(reader))["type"] == "hello"
+        writer.write(frames)
+        close = await read_frame(reader)
+        assert await read_frame(reader) == (-1, b"")
+        writer.close()
+        return close
+
+    opcode, payload = run(scenario())
+    assert opcode == 8 and int.from_bytes(payload[:2], "big") == code
+
+
+def test_aiohttp_request_objects_are_freed_once_the_socket_is_greeted(
+        gateway: ServerThread, settings: Settings, publisher: Publisher) -> None:
+    """A greeted socket costs its transport and its Subscriber, not aiohttp's request."""
+    from aiohttp.web_protocol import RequestHandler
+
+    def alive(kind: type) -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if type(o) is kind)
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session:
+            sockets = [await session.ws_connect(ws_url(gateway, settings, 111 + n))
+                       for n in range(5)]
+            for ws in sockets:
+                await receive(ws)
+            deadline = time.monotonic() + TIMEOUT  # each handler returns after its hello
+            while alive(RequestHandler) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert alive(RequestHandler) == 0
+            assert alive(web.Request) == 0
+            assert alive(hub_module.Subscriber) == 5
+            outbox_id = await asyncio.to_thread(publisher.deposit, 113)
+            assert (await receive(sockets[2]))["id"] == event_id(outbox_id)
+            await sockets[0].close()
+            assert sockets[0].close_code == 1000
+            for ws in sockets[1:]:
+                await ws.close()
+            deadline = time.monotonic() + TIMEOUT  # the server sees the closes soon after
+            while alive(hub_module.Subscriber) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert alive(hub_module.Subscriber) == 0  # nothing keeps a closed socket alive
+
+    run(scenario())
+
+
+def test_a_greeting_without_redis_closes_with_1013(settings: Settings) -> None:
+    down = dataclasses.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    with serve(down) as server:
+
+        async def scenario() -> Any:
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(ws_url(server, down, 111)) as ws:
+                return await ws.receive(timeout=TIMEOUT)
+
+        message = run(scenario())
+    assert message.type is WSMsgType.CLOSE, message
+    assert message.data == CloseCode.TRY_AGAIN_LATER
+
+
 # -- refusals -----------------------------------------------------------------------------------
 
 TOKEN_KINDS = ["missing", "garbage", "expired", "wrong secret", "alg none", "no exp", "bad sub"]
@@ -608,28 +753,23 @@ def warnings_ignored() -> Iterator[None]:
 
 
 class FakeTransport:
-    def __init__(self, sent: list[str]) -> None:
-        self.sent = sent
+    """What the hub touches of a transport; records the text frames written to it."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.frames: list[bytes] = []
 
     def write(self, frame: bytes) -> None:
-        assert frame[0] == 0x81 and frame[1] < 126  # one small, final text frame
-        self.sent.append(frame[2:].decode())
+        self.frames.append(frame)
+        if frame[0] == 0x81:
+            assert frame[1] < 126  # one small, final text frame
+            self.sent.append(frame[2:].decode())
 
     def is_closing(self) -> bool:
         return False
 
     def get_write_buffer_size(self) -> int:
         return 0
-
-
-class FakeSocket:
-    """What the hub touches of an aiohttp WebSocketResponse: its transport and ``closed``."""
-
-    closed = False
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self._req = type("Req", (), {"transport": FakeTransport(self.sent)})()
 
 
 def entry(n: int, stream_ms: int, user_id: int = 111) -> tuple[bytes, list[bytes]]:
@@ -640,8 +780,8 @@ def entry(n: int, stream_ms: int, user_id: int = 111) -> tuple[bytes, list[bytes
 
 def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
     hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
-    socket = FakeSocket()
-    hub.subscribe(socket, 111).go_live(set())  # type: ignore[arg-type]
+    socket = FakeTransport()
+    hub.subscribe(111, socket).go_live(set())
     hub.route([
         (b"1-0", [b"d", b'{"id":"1"}', b"i", b"1", b"u", b"111"]),  # another order, no t
         (b"2-0", [b"u", b"111", b"d", b'{"id":"2"}']),  # no event id: skipped
@@ -655,52 +795,45 @@ def test_hub_routes_any_field_order_and_skips_malformed_entries() -> None:
 def test_an_unsubscribed_socket_is_freed_without_the_cycle_collector() -> None:
     """Full collections are rare in the gateway (gc_policy): a closed socket must not wait."""
     hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
-    socket = FakeSocket()
-    subscriber = hub.subscribe(socket, 111)  # type: ignore[arg-type]
-    freed = weakref.ref(socket)
+    transport = FakeTransport()
+    subscriber = hub.subscribe(111, transport)
+    freed = weakref.ref(transport)  # held by the subscriber alone: freed with it
+    del transport
     gc.disable()
     try:
-        hub.unsubscribe(subscriber)
-        del socket, subscriber
+        subscriber.connection_lost(None)  # the transport reports the socket closed
+        del subscriber
         assert freed() is None
+        assert hub.subscriber_count() == 0
     finally:
         gc.enable()
 
 
 def test_no_event_frame_follows_the_close_frame() -> None:
-    """The hub writes past aiohttp; closing the socket must stop it before the close frame."""
+    """Once the close frame is written (by us or in answer to the client's), events stop."""
     registry = CollectorRegistry()
     hub = hub_module.Hub(None, Keys("unused"), metrics=Metrics(registry))  # type: ignore[arg-type]
-    after_close: list[float] = []
 
     def delivered() -> float:
         return registry.get_sample_value("paxyo_gateway_events_delivered_total") or 0.0
 
-    async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = hub_module.HubWebSocket()
-        await ws.prepare(request)
-        subscriber = hub.subscribe(ws, 111)
-        subscriber.go_live(set())
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        ours, theirs = FakeTransport(), FakeTransport()
+        closed_by_us, closed_by_client = hub.subscribe(111, ours), hub.subscribe(111, theirs)
+        closed_by_us.go_live(set())
+        closed_by_client.go_live(set())
         hub.route([entry(1, 1)])
-        closing = asyncio.ensure_future(ws.close())
-        await asyncio.sleep(0)  # the close frame is written; the close handshake is pending
-        before = delivered()
+        closed_by_us.close_soon(CloseCode.GOING_AWAY)
+        theirs.close = lambda: None  # type: ignore[attr-defined]
+        closed_by_client.data_received(b"\x88\x82abcd" + bytes(
+            a ^ b for a, b in zip(b"\x03\xe8", b"ab", strict=True)))  # masked close, 1000
         hub.route([entry(2, 2)])
-        after_close.append(delivered() - before)
-        await closing
-        hub.unsubscribe(subscriber)
-        return ws
+        return ours.frames, theirs.frames
 
-    async def scenario() -> list[Any]:
-        app = web.Application()
-        app.router.add_get("/ws", handler)
-        async with TestServer(app) as server, aiohttp.ClientSession() as session, \
-                session.ws_connect(server.make_url("/ws")) as ws:
-            return [message.data async for message in ws]
-
-    messages = run(scenario())
-    assert messages == ['{"id":"1"}']
-    assert after_close == [0]
+    ours, theirs = run(scenario())
+    assert ours == [b'\x81\x0a{"id":"1"}', b"\x88\x16\x03\xe9server shutting down"]
+    assert theirs == [b'\x81\x0a{"id":"1"}', b"\x88\x02\x03\xe8"]
+    assert delivered() == 2
 
 
 def test_hub_holds_live_events_during_replay_and_drops_what_replay_covered() -> None:
@@ -708,13 +841,13 @@ def test_hub_holds_live_events_during_replay_and_drops_what_replay_covered() -> 
 
     async def scenario() -> tuple[list[str], list[str]]:
         hub = hub_module.Hub(None, Keys("unused"), metrics=process_metrics())  # type: ignore[arg-type]
-        resumed, fresh = FakeSocket(), FakeSocket()
-        during = hub.subscribe(resumed, 111)  # type: ignore[arg-type]
+        resumed, fresh = FakeTransport(), FakeTransport()
+        during = hub.subscribe(111, resumed)
         # Routed while the replay is being sent: 5 was in the history, 6 came after it.
         hub.route([entry(5, 5), entry(6, 6), entry(7, 7, user_id=222)])
         during.go_live({4, 5}, stream_end="5-0")
         # The reader lagging: 5 and 6 were published before this history read (at 6-0).
-        late = hub.subscribe(fresh, 111)  # type: ignore[arg-type]
+        late = hub.subscribe(111, fresh)
         late.go_live(set(), stream_end="6-0")
         hub.route([entry(5, 8), entry(9, 9), entry(9, 10)])  # a repeat of 5, then 9 twice
         await asyncio.sleep(0.05)

@@ -1,8 +1,9 @@
 """When the gateway's process runs a full garbage collection.
 
 CPython 3.11 runs one when the objects promoted to the oldest generation since the last one
-exceed a quarter of it. In a gateway most promotions are not garbage: every socket's read
-waiter is renewed by each pong and freed by reference counting. So at 10k sockets a full
+exceed a quarter of it. In a gateway most promotions are not garbage (while aiohttp read the
+sockets, every socket's read waiter was renewed by each pong and freed by reference counting;
+now per-event objects are). So at 10k sockets a full
 collection, which visits every socket's objects and stops every delivery for 0.4-0.9 s on the
 2-core benchmark machine, came every few minutes (bench/gateway.py: p99 231 ms at 10k clients
 and 12,500 events/s).

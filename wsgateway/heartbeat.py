@@ -72,8 +72,12 @@ class Heartbeat:
         turn = 0
         while True:
             await asyncio.sleep(tick)
-            for socket in list(self._slots[(turn - count // 2) % count]):
-                socket.check_pong()
-            for socket in list(self._slots[turn]):
-                socket.ping()
+            self._tick(turn, count)
             turn = (turn + 1) % count
+
+    def _tick(self, turn: int, count: int) -> None:
+        # Not inline in _run: its suspended frame would keep the last socket alive.
+        for socket in list(self._slots[(turn - count // 2) % count]):
+            socket.check_pong()
+        for socket in list(self._slots[turn]):
+            socket.ping()

@@ -9,6 +9,9 @@ Concurrency and lifecycle:
   entries (perf-notes: events per XREAD dominate CPU). Each outbox id is routed once even if
   the stream carries it twice (a repeat publish after a crash): the hub remembers at least
   the last ``SEEN_IDS`` ids.
+- Each socket is one :class:`Subscriber`, which is also the socket's protocol once the /ws
+  handler has taken the socket over from aiohttp (:mod:`wsgateway.connection`): no task,
+  future or coroutine per open socket, and it unsubscribes itself when the socket closes.
 - Routing never awaits: each event's frame is written straight to its sockets' transports.
   A client that stops reading cannot stall the others; once its unsent output passes
   ``WRITE_BUFFER_LIMIT`` it is closed with 4008 TOO_SLOW and resumes after reconnecting.
@@ -26,7 +29,6 @@ Concurrency and lifecycle:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import struct
 import time
@@ -35,12 +37,12 @@ from itertools import islice
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiohttp import WSCloseCode, web
 from redis.exceptions import RedisError
 
 from monitoring.metrics import Metrics
 from paxyo.keys import Keys
 from wsgateway.close_codes import CloseCode, reason
+from wsgateway.connection import CLOSE_TIMEOUT, Connection
 from wsgateway.gc_policy import FullCollectionPolicy
 from wsgateway.heartbeat import PING_FRAME, Heartbeat
 from wsgateway.stream_tail import StreamTail
@@ -53,9 +55,7 @@ READ_BLOCK_MS = 1000  # XREAD BLOCK
 BATCH_WAIT = 0.005  # seconds to wait after a part-full batch, to batch more
 SEEN_IDS = 10_000  # recently routed outbox ids remembered to drop stream duplicates
 HEARTBEAT = 25.0  # seconds between pings to each socket; half of it to answer
-CLOSE_TIMEOUT = 5.0  # seconds a close handshake may take
 STALLED_CLOSE_TIMEOUT = 1.0  # a stalled client's close frame waits behind its unread data
-STALLED_ABORT_AFTER = 30.0  # seconds a closed but unread socket may keep its buffered output
 STOP_TIMEOUT = 2.0
 BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 5.0
@@ -64,6 +64,7 @@ WRITE_BUFFER_LIMIT = 256 * 1024  # bytes of unsent output before a socket is clo
 
 
 _NO_IDS: frozenset[int] = frozenset()  # shared: one object less to touch per delivery
+PONG_FRAME = b'\x81\x0f{"type":"pong"}'  # the answer to a client's "ping" message
 _SHORT_HEADERS = [bytes((0x81, n)) for n in range(126)]
 _MEDIUM_HEADER = struct.Struct("!BBH")
 _LONG_HEADER = struct.Struct("!BBQ")
@@ -79,26 +80,8 @@ def text_frame(payload: bytes) -> bytes:
     return _LONG_HEADER.pack(0x81, 127, n) + payload
 
 
-class HubWebSocket(web.WebSocketResponse):
-    """The gateway's WebSocketResponse: it tells its subscriber before the close frame goes out.
-
-    The hub writes event frames to the transport itself, bypassing aiohttp. Every close frame
-    aiohttp writes (ours, the answer to the client's, a protocol error's) goes through
-    :meth:`close`, so the subscriber stops writing before it, and the hub need not ask aiohttp
-    on every delivery.
-    """
-
-    subscriber: Subscriber | None = None
-
-    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"",
-                    drain: bool = True) -> bool:
-        if self.subscriber is not None:
-            self.subscriber.socket_closing()
-        return await super().close(code=code, message=message, drain=drain)
-
-
-class Subscriber:
-    """One WebSocket of one user.
+class Subscriber(Connection):
+    """One WebSocket of one user: the socket's protocol once the /ws handler took it over.
 
     Live events are written straight to the socket's transport as ready-made text frames,
     built once per event and shared by every socket of its user: no per-socket queue, task or
@@ -107,23 +90,21 @@ class Subscriber:
     closed with 4008 and resumes from its last id when it reconnects.
     """
 
-    __slots__ = ("_awaiting_pong", "_buffer_limit", "_hub", "_live", "_pending", "_skip",
-                 "_transport", "_until", "closing", "heartbeat_slot", "user_id", "ws")
+    __slots__ = ("_buffer_limit", "_hub", "_live", "_pending", "_pongs_owed", "_skip",
+                 "_until", "heartbeat_slot", "user_id")
 
-    def __init__(self, hub: Hub, ws: HubWebSocket, user_id: int, queue_size: int):
+    def __init__(self, hub: Hub, user_id: int):
+        super().__init__()
         self._hub = hub
         self._buffer_limit = hub.write_buffer_limit
-        self.ws = ws
         self.user_id = user_id
-        self.closing: CloseCode | None = None
-        self._transport = ws._req.transport if ws._req is not None else None
         self._pending: list | None = []
+        self._pongs_owed = 0  # "ping"s received during the replay, answered after it
         self._skip: frozenset[int] = _NO_IDS
         self._until: tuple[int, int] | None = None
         # Replay over, past the stream position it covered, and the socket open: cleared by
-        # close_soon, by socket_closing (before aiohttp's close frame) and by a failed write.
+        # close_soon and by a failed write.
         self._live = False
-        self._awaiting_pong = False
         self.heartbeat_slot = 0
 
     def deliver(self, event_id: int, frame: bytes, stream_id: bytes | str) -> int:
@@ -158,25 +139,28 @@ class Subscriber:
             return 0
         try:
             transport.write(frame)
-        except RuntimeError:  # uvloop, once the peer's close is processed: the handler ends
+        except RuntimeError:  # uvloop, once the peer's close is processed
             self._live = False
             return 0
         return 1
 
-    def send_soon(self, text: str) -> None:
-        """Write a non-event message (e.g. a pong) behind the events already written."""
-        if self.closing is None:
-            self._write(text_frame(text.encode()))
+    def send_text(self, text: str) -> bool:
+        """Write a message outside the event stream (the hello, the replay); False if closed."""
+        return bool(self._write(text_frame(text.encode())))
+
+    def on_text(self, text: str) -> None:
+        """Answer "ping" (after the hello and the replay); ignore anything else."""
+        if text.strip() == "ping":
+            if self._pending is not None:
+                self._pongs_owed += 1
+            else:
+                self._write(PONG_FRAME)
 
     def ping(self) -> None:
         """Heartbeat: write a ping; the peer must answer (or send anything) before the check."""
         if self.closing is None:
             self._awaiting_pong = True
             self._write(PING_FRAME)
-
-    def heard(self) -> None:
-        """The peer sent something (a pong or a message): it is alive."""
-        self._awaiting_pong = False
 
     def check_pong(self) -> None:
         """Heartbeat: drop a peer that has not answered the last ping (no close handshake)."""
@@ -195,27 +179,32 @@ class Subscriber:
         self._skip = frozenset(replayed_ids) or _NO_IDS
         self._until = stream_position(stream_end)
         pending, self._pending = self._pending or [], None
+        for _ in range(self._pongs_owed):
+            self._write(PONG_FRAME)
+        self._pongs_owed = 0
         for event_id, frame, stream_id in pending:
             self.deliver(event_id, frame, stream_id)
 
-    def close_soon(self, code: CloseCode) -> None:
-        """Close this socket with ``code`` in the background (idempotent)."""
+    def close_soon(self, code: CloseCode) -> None:  # type: ignore[override]
+        """Close this socket with ``code`` (idempotent); the handshake ends on its own."""
         if self.closing is not None:
             return
-        self.closing = code
-        self._live = False
         if code is CloseCode.TOO_SLOW:
             log.warning("ws: user %s too slow, closing with %d", self.user_id, int(code))
-        self._hub.track(asyncio.ensure_future(self._close(code)))
+        # The close frame is written before any wait, so giving up on a stalled peer loses
+        # nothing: it still reads the frame after the data written before it.
+        self.start_closing(code, reason(code), STALLED_CLOSE_TIMEOUT
+                           if code is CloseCode.TOO_SLOW else CLOSE_TIMEOUT)
 
-    def socket_closing(self) -> None:
-        """aiohttp is about to write the close frame: no event frame may follow it."""
-        self._live = False
+    def on_closing(self) -> None:
+        self._live = False  # no event frame may follow the close frame
+
+    def on_lost(self) -> None:
+        self._hub.unsubscribe(self)
 
     def _writable(self) -> bool:
         transport = self._transport
-        return (self.closing is None and transport is not None and not transport.is_closing()
-                and not self.ws.closed)
+        return self.closing is None and transport is not None and not transport.is_closing()
 
     def _write(self, frame: bytes) -> int:
         """Write outside the live fast path (held events, pings, pongs), checking everything."""
@@ -223,18 +212,6 @@ class Subscriber:
             self._live = False
             return 0  # never a frame after the close frame
         return self.write_live(frame)
-
-    async def _close(self, code: CloseCode) -> None:
-        transport = self._transport
-        # The close frame is written before any wait, so giving up on a stalled peer loses
-        # nothing: it still reads the frame after the data written before it.
-        timeout = STALLED_CLOSE_TIMEOUT if code is CloseCode.TOO_SLOW else CLOSE_TIMEOUT
-        with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
-            await asyncio.wait_for(
-                self.ws.close(code=code, message=reason(code), drain=False), timeout)
-        if transport is not None and transport.get_write_buffer_size():
-            # A client that stopped reading would pin its unsent output until TCP gives up.
-            asyncio.get_running_loop().call_later(STALLED_ABORT_AFTER, transport.abort)
 
 
 class Hub:
@@ -258,48 +235,52 @@ class Hub:
         # A tuple per user: routing iterates it once per event, subscribing is rare.
         self._users: dict[int, tuple[Subscriber, ...]] = {}
         self._seen: dict[int, None] = {}  # insertion-ordered; trimmed in bulk
-        self._tasks: set[asyncio.Future[Any]] = set()
         self._reader: asyncio.Task[None] | None = None
         self.heartbeat = Heartbeat(heartbeat)
         self.gc_policy = FullCollectionPolicy()
 
     # -- subscribers ----------------------------------------------------------------------------
 
-    def subscribe(self, ws: HubWebSocket, user_id: int) -> Subscriber:
-        """Register a socket for its user's live events; they are held until ``go_live``."""
-        subscriber = Subscriber(self, ws, user_id, self.queue_size)
-        ws.subscriber = subscriber
+    def subscribe(self, user_id: int, transport: Any = None) -> Subscriber:
+        """Register a socket for its user's live events; they are held until ``go_live``.
+
+        The subscriber is the socket's protocol: :func:`wsgateway.connection.take_over` (or
+        ``transport`` here) connects it, and it unsubscribes itself when the socket closes.
+        """
+        subscriber = Subscriber(self, user_id)
+        if transport is not None:
+            subscriber.connection_made(transport)
         self._users[user_id] = (*self._users.get(user_id, ()), subscriber)
         self.heartbeat.add(subscriber)
+        self.metrics.gateway_connections.inc()
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        subscriber.ws.subscriber = None  # no cycle left for the collector: refcounting frees it
+        subscribers = self._users.get(subscriber.user_id, ())
+        if subscriber not in subscribers:
+            return  # already
+        at = subscribers.index(subscriber)
+        rest = subscribers[:at] + subscribers[at + 1:]  # no closure: it would keep a cell
+        if rest:
+            self._users[subscriber.user_id] = rest
+        else:
+            del self._users[subscriber.user_id]
         self.heartbeat.remove(subscriber)
         self.gc_policy.connection_closed()
-        subscribers = self._users.get(subscriber.user_id, ())
-        if subscriber in subscribers:
-            rest = tuple(s for s in subscribers if s is not subscriber)
-            if rest:
-                self._users[subscriber.user_id] = rest
-            else:
-                del self._users[subscriber.user_id]
+        self.metrics.gateway_connections.dec()
 
     def subscriber_count(self) -> int:
         return len(self.heartbeat)  # every subscriber is in it, from subscribe to unsubscribe
 
-    def track(self, future: asyncio.Future[Any]) -> None:
-        """Keep a background close alive until it finishes."""
-        self._tasks.add(future)
-        future.add_done_callback(self._tasks.discard)
-
     async def close_all(self, code: CloseCode, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close every socket with ``code`` and wait (bounded) for the closes to finish."""
         for subscribers in list(self._users.values()):
-            for subscriber in list(subscribers):
+            for subscriber in subscribers:
                 subscriber.close_soon(code)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.subscriber_count() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -6,6 +6,10 @@ latest event id, whether everything after ``last_id`` follows); then the missed 
 the user's history, then live events from the process's :class:`~wsgateway.hub.Hub`. The
 socket is registered with the hub *before* the history is read, so nothing published in
 between is lost; the hub holds those live events back and drops the ones the replay sent.
+
+aiohttp checks the upgrade request and refusals are its plain HTTP answers; an accepted socket
+is taken over by its :class:`~wsgateway.hub.Subscriber` (:func:`wsgateway.connection.take_over`)
+before the hello, and the handler returns once the replay is sent, freeing aiohttp's objects.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 import orjson
 import redis.asyncio as aioredis
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from paxyo.accounts import get_balance
 from paxyo.keys import Keys
@@ -29,19 +33,18 @@ from paxyo.money import ZERO, format_money
 from paxyo.settings import Settings
 from wsgateway import hub as hub_module
 from wsgateway.auth import TokenError, verify_token
-from wsgateway.close_codes import CloseCode, reason
+from wsgateway.close_codes import CloseCode
+from wsgateway.connection import TakenOver, take_over
 from wsgateway.history import Replay, read_replay
-from wsgateway.hub import Hub, HubWebSocket, Subscriber
+from wsgateway.hub import Hub, Subscriber
 from wsgateway.responses import error_response
 from wsgateway.state import ENGINE, METRICS, REDIS, run_blocking
 
 log = logging.getLogger("wsgateway.ws")
 
-MAX_MESSAGE = 4096  # bytes a client message may have (clients only ever send "ping")
 GREETING_TIMEOUT = 10.0  # seconds Redis and the database get to answer for the hello
 HUB_REDIS_TIMEOUT = 2.0  # seconds for the hub's own commands (finding the stream's end)
 SCRIPT_PATH = Path(__file__).parent / "static" / "paxyo-realtime.js"
-PONG = '{"type":"pong"}'
 # Event ids are zero-padded outbox ids (paxyo.events.event_id). Anything else, other scripts'
 # digits included, which str.isdigit() accepts, is refused before it reaches the history.
 _EVENT_ID = re.compile(r"[0-9]{1,20}", re.ASCII)
@@ -96,23 +99,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     last_id = request.query.get("last_id") or None  # empty: none, as the JS client may send
     if last_id is not None and _EVENT_ID.fullmatch(last_id) is None:
         return error_response(400, "last_id must be an event id: 1-20 ASCII digits")
-    # compress=False: events are small, and live frames are written pre-built, uncompressed.
-    # No aiohttp heartbeat and no autoping: the hub pings every socket from one timer, and
-    # the read loop notes every pong.
-    ws = HubWebSocket(max_msg_size=MAX_MESSAGE, autoping=False,
-                      timeout=hub_module.CLOSE_TIMEOUT, compress=False)
-    if not ws.can_prepare(request).ok:
+    # aiohttp checks the upgrade request; the socket is then the hub's (wsgateway.connection):
+    # aiohttp's per-request objects are freed once this handler returns.
+    if not web.WebSocketResponse().can_prepare(request).ok:
         return error_response(400, "expected a WebSocket upgrade")
-    await ws.prepare(request)
-    subscriber = request.app[HUB].subscribe(ws, user_id)
-    request.app[METRICS].gateway_connections.inc()
-    try:
-        if await _greet(request, subscriber, last_id):
-            await _read_until_closed(ws, subscriber)
-    finally:
-        request.app[HUB].unsubscribe(subscriber)
-        request.app[METRICS].gateway_connections.dec()
-    return ws
+    hub = request.app[HUB]
+    subscriber = hub.subscribe(user_id)
+    if take_over(request, subscriber) is None:
+        hub.unsubscribe(subscriber)  # the client left before the answer
+    else:
+        await _greet(request, subscriber, last_id)
+    return TakenOver()
 
 
 def _origin_allowed(request: web.Request, settings: Settings) -> bool:
@@ -128,9 +125,9 @@ def _authenticate(request: web.Request, settings: Settings) -> int:
     return verify_token(settings.jwt_secret, request.query.get("token"))
 
 
-async def _greet(request: web.Request, subscriber: Subscriber, last_id: str | None) -> bool:
-    """Send the hello and the replay, then let live events flow; False if the socket is done."""
-    ws, user_id = subscriber.ws, subscriber.user_id
+async def _greet(request: web.Request, subscriber: Subscriber, last_id: str | None) -> None:
+    """Send the hello and the replay, then let live events flow."""
+    user_id = subscriber.user_id
     settings = request.app[WS_SETTINGS]
     try:
         replay, balance = await asyncio.wait_for(asyncio.gather(
@@ -139,17 +136,17 @@ async def _greet(request: web.Request, subscriber: Subscriber, last_id: str | No
         ), GREETING_TIMEOUT)
     except Exception as exc:  # Redis or the database did not answer: come back later
         log.warning("ws: cannot greet user %s: %s", user_id, exc)
-        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=reason(CloseCode.TRY_AGAIN_LATER))
-        return False
-    try:
-        await ws.send_str(_hello(user_id, balance, replay, settings.money_decimals))
-        for _, payload in replay.events:
-            await ws.send_str(payload.decode())
-            request.app[METRICS].events_delivered.inc()
-    except ConnectionError:
-        return False
+        subscriber.close_soon(CloseCode.TRY_AGAIN_LATER)
+        return
+    if not subscriber.send_text(_hello(user_id, balance, replay, settings.money_decimals)):
+        return
+    delivered = 0
+    for _, payload in replay.events:
+        if not subscriber.send_text(payload.decode()):
+            return
+        delivered += 1
+    request.app[METRICS].events_delivered.inc(delivered)
     subscriber.go_live(replay.replayed_ids, replay.stream_end)
-    return True
 
 
 def _hello(user_id: int, balance: Decimal | None, replay: Replay, decimals: int) -> str:
@@ -160,20 +157,6 @@ def _hello(user_id: int, balance: Decimal | None, replay: Replay, decimals: int)
         "last_id": replay.last_id,
         "recovered": replay.recovered,
     }).decode()
-
-
-async def _read_until_closed(ws: web.WebSocketResponse, subscriber: Subscriber) -> None:
-    """Answer "ping" and ping frames; note that the peer is alive; ignore anything else.
-
-    Returns when the socket closes.
-    """
-    async for message in ws:
-        subscriber.heard()
-        if message.type is WSMsgType.TEXT:
-            if message.data.strip() == "ping":
-                subscriber.send_soon(PONG)
-        elif message.type is WSMsgType.PING:
-            await ws.pong(message.data)
 
 
 async def _run_hub(app: web.Application) -> AsyncIterator[None]:
