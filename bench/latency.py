@@ -79,8 +79,10 @@ async def measure(gateway: str, sims: dict[str, str], candidates: list[int], fli
                 if event.get("status") == "Canceled" and oid in flipped_at:
                     latency.setdefault(oid, time.time() - flipped_at[oid])
 
-    async with aiohttp.ClientSession() as session:
-        watchers = [asyncio.create_task(watch(session, u)) for u in range(1, WATCHED_USERS + 1)]
+    # sockets in a session of their own: they would hold every connection of a shared pool
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as sockets, \
+            aiohttp.ClientSession() as session:
+        watchers = [asyncio.create_task(watch(sockets, u)) for u in range(1, WATCHED_USERS + 1)]
         await asyncio.sleep(1)
         chosen = random.Random(7).sample(candidates, min(flips, len(candidates)))
         gap = spread / max(1, len(chosen))
