@@ -1,8 +1,10 @@
 """When an open order is next checked.
 
-PAXYO_POLL_INTERVAL is the ceiling for how stale an open order may get. Below it, orders that
-were just placed or just changed are checked sooner (things move early in an order's life),
-and the interval grows back to the ceiling the longer an order stays unchanged.
+PAXYO_POLL_INTERVAL is the ceiling for how stale an open order may get. An order falls due a
+little before it (:func:`dispatch_allowance`), so that it is asked about within the interval
+and not one dispatcher tick and a queue after it. Below it, orders that were just placed or
+just changed are checked sooner (things move early in an order's life), and the interval grows
+back to the ceiling the longer an order stays unchanged.
 """
 
 from __future__ import annotations
@@ -19,9 +21,17 @@ def first_check_delay(poll_interval: float) -> float:
     return min_interval(poll_interval)
 
 
+def dispatch_allowance(poll_interval: float) -> float:
+    """Seconds from an order falling due to its status call: the dispatcher's 1 s tick, the
+    queue and the call itself (a tenth of the interval, at most 2 s)."""
+    return min(2.0, poll_interval / 10)
+
+
 def next_check_delay(poll_interval: float, unchanged_for: float) -> float:
-    """Half the time an order has been unchanged, between the floor and the poll interval."""
-    return min(poll_interval, max(min_interval(poll_interval), unchanged_for / 2))
+    """Half the time an order has been unchanged, between the floor and the poll interval
+    less the dispatch allowance."""
+    ceiling = poll_interval - dispatch_allowance(poll_interval)
+    return min(ceiling, max(min_interval(poll_interval), unchanged_for / 2))
 
 
 def next_check_at(now: datetime, changed_at: datetime, poll_interval: float) -> datetime:
