@@ -32,11 +32,10 @@ def children_in(cwd: Path) -> list[int]:
     return pids
 
 
-def test_demo_without_redis_starts_a_private_one_and_stops_cleanly(tmp_path):
-    port, closed = free_port(), free_port()
-    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
-    env.pop("DATABASE_URL", None)
-    log = tmp_path / "demo.log"
+
+def start_demo(tmp_path: Path, port: int, env: dict[str, str],
+               log: Path) -> subprocess.Popen[bytes]:
+    """``paxyo demo`` with one worker, once its banner is out (the log is in ``log``)."""
     with open(log, "wb") as out:
         demo = subprocess.Popen([sys.executable, "-m", "paxyo.cli", "demo", "--port", str(port),
                                  "--workers", "1"], cwd=tmp_path, env=env, stdout=out,
@@ -46,6 +45,20 @@ def test_demo_without_redis_starts_a_private_one_and_stops_cleanly(tmp_path):
         while "demo is running" not in log.read_text() and time.monotonic() < deadline:
             assert demo.poll() is None, log.read_text()
             time.sleep(0.2)
+    except BaseException:
+        demo.terminate()  # the demo stops its children on SIGTERM
+        demo.wait(30)
+        raise
+    return demo
+
+
+def test_demo_without_redis_starts_a_private_one_and_stops_cleanly(tmp_path):
+    port, closed = free_port(), free_port()
+    env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{closed}/0"}
+    env.pop("DATABASE_URL", None)
+    log = tmp_path / "demo.log"
+    demo = start_demo(tmp_path, port, env, log)
+    try:
         text = log.read_text()
         assert "started a private one" in text
         assert f"http://127.0.0.1:{port}/" in text
@@ -116,15 +129,8 @@ def test_demo_keys_are_its_ports_own_and_gone_after_it_stops(tmp_path, redis_url
     env = {**os.environ, "REDIS_URL": redis_url}
     env.pop("DATABASE_URL", None)
     log = tmp_path / "demo.log"
-    with open(log, "wb") as out:
-        demo = subprocess.Popen([sys.executable, "-m", "paxyo.cli", "demo", "--port", str(port),
-                                 "--workers", "1"], cwd=tmp_path, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+    demo = start_demo(tmp_path, port, env, log)
     try:
-        deadline = time.monotonic() + 60
-        while "demo is running" not in log.read_text() and time.monotonic() < deadline:
-            assert demo.poll() is None, log.read_text()
-            time.sleep(0.2)
         deadline = time.monotonic() + 30
         while not list(client.scan_iter(match=f"paxyo-demo-{port}:*")):
             assert time.monotonic() < deadline, "the demo wrote no key under its prefix"
