@@ -1,5 +1,6 @@
 """workers.jobs.run_shard: claim, hold back, ask the provider, apply, release."""
 
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -72,6 +73,7 @@ def test_a_shard_of_an_unconfigured_provider_is_deferred_without_a_call(engine, 
     seed(engine, 3, provider="nowhere")
     shard = one_shard(engine)
     result = run_shard(context, "nowhere", shard.order_ids, shard.token)
+    assert result.pop("finished_at") <= time.time()
     assert result == {"provider": "nowhere", "checked": 0,
                       "skipped": "provider not configured"}
     assert simulator.stats()["status_requests"] == 0
