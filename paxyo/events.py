@@ -24,6 +24,7 @@ ORDER_UPDATED = "order.updated"
 BALANCE_UPDATED = "balance.updated"
 WEBHOOK_PENDING = "pending"  # a webhook_deliveries row still to send
 ID_WIDTH = 16
+MAX_ID = 2**63 - 1  # the largest outbox id a BIGINT column holds
 _INSERT_EVENT = insert(outbox)  # built once: it runs for every change
 _INSERT_WEBHOOK = insert(webhook_deliveries)
 
@@ -37,7 +38,8 @@ def parse_event_id(value: str) -> int | None:
     value = value.strip()
     if not (value.isascii() and value.isdigit()) or len(value) > 20:  # ASCII only
         return None
-    return int(value)
+    number = int(value)
+    return number if number <= MAX_ID else None  # a BIGINT (SQLite: INTEGER) holds it
 
 
 @dataclass(frozen=True, slots=True)
