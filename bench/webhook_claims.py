@@ -1,24 +1,24 @@
 """How long the webhook sender's search for due events takes on PostgreSQL with a deep queue.
 
-100,000 undelivered events of 10,000 users (10 each) in ``webhook_deliveries``, and three
-states of that queue:
+100,000 undelivered events in ``webhook_deliveries`` and three states of that queue:
 
-- fresh: nothing attempted yet, everything due;
-- receiver down: every user's first event failed once and waits 5 minutes. "before" is the
-  queue as the sender left it until the successors were moved (the users' later events still
-  due, so the search reads and rejects all 90,000 of them); "after" is the queue as
-  ``mark_attempt_failed`` leaves it now (the later events wait with the first);
+- fresh: 10 events for each of 10,000 users, nothing attempted yet, everything due;
+- receiver down: the same, and every user's first event failed once and waits 5 minutes;
 - one user in flight: one user has 90,001 events and the first is being POSTed; 9,999 users
-  have one event each. Not changed by the fix: figures only.
+  have one event each.
 
-For each it prints the median time of ``claim_due`` (16 events, as one sender with every chain
-free) over --repeat runs and EXPLAIN ANALYZE of its search (execution time, rows read by the
-outer index scan). It asserts nothing.
+Each state is measured twice: "before", the queue as the sender wrote it until events behind a
+user's first one were marked as such (every event due from its creation, so the search reads
+and rejects every event queued behind another), and "after", as ``record_event`` writes it now
+(only a user's first event has a time; the others hold ``WEBHOOK_BEHIND``).
 
-    python bench/webhook_claims.py [--database-url postgresql+psycopg://...] [--repeat 5]
+For each it prints the median time of ``claim_due`` (16 events, one sender with every chain
+free) over --repeat runs, and EXPLAIN ANALYZE of its search: execution time and the rows read
+by its index scan. It asserts nothing.
 
-The database named by --database-url is created and dropped; the server's admin URL is used to
-do that.
+    python bench/webhook_claims.py [--database-url postgresql+psycopg://.../test] [--repeat 5]
+
+A database is created beside the one named by --database-url, and dropped at the end.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import re
 import statistics
 import time
 import uuid
-from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from paxyo import webhook_queue
 from paxyo.clock import utcnow
+from paxyo.events import WEBHOOK_BEHIND
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade
 
@@ -43,8 +43,9 @@ PER_USER = 10
 LIMIT = 16
 
 
-def fill(engine: sa.Engine, heavy: bool) -> None:
-    """100,000 events: 10 per user, or (heavy) 90,001 of user 1 and one per other user."""
+def fill(engine: sa.Engine, *, heavy: bool, behind: bool) -> None:
+    """100,000 events: 10 per user, or (heavy) 90,001 of user 1 and one per other user;
+    ``behind``: the events after each user's first hold WEBHOOK_BEHIND."""
     user = ("CASE WHEN g <= 90001 THEN 1 ELSE g - 90000 END" if heavy
             else f"(g %% {USERS}) + 1")
     with engine.begin() as conn:
@@ -57,6 +58,11 @@ def fill(engine: sa.Engine, heavy: bool) -> None:
         conn.exec_driver_sql(
             "INSERT INTO webhook_deliveries (event_id, user_id, state, attempts, "
             "next_attempt_at) SELECT id, user_id, 'pending', 0, created_at FROM outbox")
+        if behind:
+            conn.execute(sa.text(
+                "UPDATE webhook_deliveries d SET next_attempt_at = :behind WHERE EXISTS "
+                "(SELECT 1 FROM webhook_deliveries e WHERE e.user_id = d.user_id "
+                "AND e.event_id < d.event_id)"), {"behind": WEBHOOK_BEHIND})
     vacuum(engine)
 
 
@@ -67,21 +73,15 @@ def vacuum(engine: sa.Engine) -> None:
 
 
 def fail_every_first_event(engine: sa.Engine) -> None:
-    """Each user's first event: claimed, then failed with a retry in 5 minutes (real calls)."""
-    claimed = webhook_queue.claim_due(engine, "bench", lease_seconds=60, limit=USERS)
-    now = utcnow()
-    for delivery in claimed:
-        webhook_queue.mark_attempt_failed(engine, delivery, "bench", error="HTTP 500", now=now,
-                                          retry_at=now + timedelta(minutes=5))
-    vacuum(engine)
-
-
-def successors_due_again(engine: sa.Engine) -> None:
-    """The queue as the sender left it before: later events keep their creation time."""
+    """Each user's first event failed once and is retried in 5 minutes."""
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "UPDATE webhook_deliveries d SET next_attempt_at = o.created_at FROM outbox o "
-            "WHERE o.id = d.event_id AND d.attempts = 0")
+            "UPDATE webhook_deliveries d SET attempts = 1, last_error = 'HTTP 500', "
+            "first_attempt_at = now() at time zone 'utc', "
+            "last_attempt_at = now() at time zone 'utc', "
+            "next_attempt_at = now() at time zone 'utc' + interval '5 minutes' "
+            "WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries e "
+            "WHERE e.user_id = d.user_id AND e.event_id < d.event_id)")
     vacuum(engine)
 
 
@@ -122,21 +122,23 @@ def main() -> None:
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     url = args.database_url.rsplit("/", 1)[0] + f"/{name}"
+    states = {
+        "fresh backlog, all due": (False, []),
+        "receiver down (first events in backoff)": (False, [fail_every_first_event]),
+        "one user's 90,001 events, first in flight": (True, [lease_first_event_of_user_one]),
+    }
+    rows = []
     try:
         upgrade(url)
         engine = open_engine(url)
-        rows = []
-        fill(engine, heavy=False)
-        rows.append(("fresh backlog, all due", measure(engine, args.repeat), None))
-        fail_every_first_event(engine)
-        after = measure(engine, args.repeat)
-        successors_due_again(engine)
-        rows.append(("receiver down (first events in backoff)",
-                     measure(engine, args.repeat), after))
-        fill(engine, heavy=True)
-        lease_first_event_of_user_one(engine)
-        rows.append(("one user's 90,001 events, first in flight",
-                     measure(engine, args.repeat), None))
+        for label, (heavy, steps) in states.items():
+            figures = []
+            for behind in (False, True):
+                fill(engine, heavy=heavy, behind=behind)
+                for step in steps:
+                    step(engine)
+                figures.append(measure(engine, args.repeat))
+            rows.append((label, *figures))
         engine.dispose()
     finally:
         with admin.connect() as conn:
@@ -146,12 +148,8 @@ def main() -> None:
           f"median of {args.repeat}; EXPLAIN ANALYZE of its search")
     print(f"{'queue state':44} {'':7} {'claim ms':>9} {'explain ms':>11} {'rows read':>10}")
     for label, before, after in rows:
-        for tag, figures in (("before", before), ("after", after)):
-            if figures is None:
-                continue
-            median, execution, scanned = figures
-            shown_tag = tag if after is not None else "(same)"
-            print(f"{label:44} {shown_tag:7} {median:9.1f} {execution:11.1f} {scanned:10,}")
+        for tag, (median, execution, scanned) in (("before", before), ("after", after)):
+            print(f"{label:44} {tag:7} {median:9.1f} {execution:11.1f} {scanned:10,}")
             label = ""
 
 

@@ -9,10 +9,14 @@ sender at a time, and a sender that dies holding one gives it up when the lease 
 lease is timed from the clock read inside the claiming transaction, so a claim that waited for
 a lock still gets all of it.
 
-``next_attempt_at`` is when the sender looks at a row. A failed attempt moves the user's later
-rows to the retry time too, so that while a receiver is down the search for due events reads
-the users' first events only, not every event behind them. A row never attempted is sent as
-soon as it becomes its user's cursor, whatever its ``next_attempt_at``.
+``next_attempt_at`` is when the sender looks at a row, and only a user's first pending row has
+one: the rows behind it hold :data:`~paxyo.events.WEBHOOK_BEHIND`, so that the search for due
+events reads users' first events only, not every event queued behind them (while a receiver
+is down, or while one user's long backlog drains). When a user's first row leaves (delivered,
+or given up) the next one is given the current time, in a transaction that holds the user's
+account row: :func:`paxyo.events.record_event` holds it too while it decides whether a new
+row is first or behind, so neither misses the other. A row never attempted is sent as soon as
+it becomes its user's first, whatever its ``next_attempt_at``.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from sqlalchemy import Engine, Select, and_, delete, exists, func, insert, or_, 
 from sqlalchemy.engine import Connection
 
 from paxyo.clock import utcnow
+from paxyo.events import WEBHOOK_BEHIND as BEHIND
 from paxyo.events import WEBHOOK_PENDING as PENDING
 from paxyo.events import event_bytes
+from paxyo.ledger import lock_balance
 from paxyo.store.engine import transactional
 from paxyo.store.schema import outbox, webhook_deliveries
 
@@ -132,9 +138,28 @@ def claim_next(engine: Engine, owner: str, user_id: int, *, lease_seconds: float
     return transactional(engine, run)
 
 
-def mark_delivered(engine: Engine, event_id: int, owner: str) -> None:
-    transactional(engine, lambda conn: conn.execute(
-        delete(_d).where(_d.c.event_id == event_id, _d.c.lease_owner == owner)))
+def mark_delivered(engine: Engine, delivery: Delivery, owner: str, *,
+                   clock: Callable[[], datetime] = utcnow) -> None:
+    """Delete a delivered event's row (if still ours) and bring the user's next one forward."""
+
+    def run(conn: Connection) -> None:
+        lock_balance(conn, delivery.user_id)  # see the module docstring
+        deleted = conn.execute(delete(_d).where(_d.c.event_id == delivery.event_id,
+                                                _d.c.lease_owner == owner)).rowcount
+        if deleted:
+            _bring_forward(conn, delivery.user_id, clock())
+
+    transactional(engine, run)
+
+
+def _bring_forward(conn: Connection, user_id: int, at: datetime) -> None:
+    """Give the user's first pending row a time if it was waiting behind another."""
+    head = conn.execute(select(_d.c.event_id, _d.c.next_attempt_at)
+                        .where(_d.c.user_id == user_id, _d.c.state == PENDING)
+                        .order_by(_d.c.event_id).limit(1)).first()
+    if head is not None and head.next_attempt_at >= BEHIND:
+        conn.execute(update(_d).where(_d.c.event_id == head.event_id)
+                     .values(next_attempt_at=at))
 
 
 def mark_attempt_failed(engine: Engine, delivery: Delivery, owner: str, *, error: str,
@@ -152,15 +177,12 @@ def mark_attempt_failed(engine: Engine, delivery: Delivery, owner: str, *, error
         values.update(next_attempt_at=retry_at)
 
     def run(conn: Connection) -> None:
+        if retry_at is None:
+            lock_balance(conn, delivery.user_id)  # the next event comes first: see above
         mine = conn.execute(update(_d).where(_d.c.event_id == delivery.event_id,
                                              _d.c.lease_owner == owner).values(**values))
-        if mine.rowcount == 1 and retry_at is not None:
-            # the user's later events cannot go before it: not due before it either
-            conn.execute(update(_d).where(_d.c.user_id == delivery.user_id,
-                                          _d.c.state == PENDING,
-                                          _d.c.event_id > delivery.event_id,
-                                          _d.c.next_attempt_at < retry_at)
-                         .values(next_attempt_at=retry_at))
+        if mine.rowcount == 1 and retry_at is None:
+            _bring_forward(conn, delivery.user_id, now)
 
     transactional(engine, run)
 
@@ -219,18 +241,18 @@ def retry(engine: Engine, event_ids: Sequence[int] | None, now: datetime) -> int
             rows = {i: u for part in _chunks(wanted) for i, u in conn.execute(
                 select(_d.c.event_id, _d.c.user_id).where(_d.c.event_id.in_(part)))}
             new = {i: known[i] for i in wanted if i not in rows}
-        not_before = _in_flight_until(conn, now)
-        by_time: dict[datetime, list[int]] = {}
-        for event_id, user_id in rows.items():
-            by_time.setdefault(not_before.get(user_id, now), []).append(event_id)
-        for at, ids in by_time.items():
-            for part in _chunks(ids):
-                conn.execute(update(_d).where(_d.c.event_id.in_(part))
-                             .values(**fresh, next_attempt_at=at))
+        users = sorted({*rows.values(), *new.values()})
+        for user_id in users:  # in one order, as every writer takes them: no deadlock
+            lock_balance(conn, user_id)
+        for part in _chunks(sorted(rows)):
+            conn.execute(update(_d).where(_d.c.event_id.in_(part))
+                         .values(**fresh, next_attempt_at=BEHIND))
         for event_id, user_id in new.items():
             conn.execute(insert(_d).values(event_id=event_id, user_id=user_id, state=PENDING,
-                                           attempts=0,
-                                           next_attempt_at=not_before.get(user_id, now)))
+                                           attempts=0, next_attempt_at=BEHIND))
+        not_before = _in_flight_until(conn, now)
+        for user_id in users:
+            _bring_forward(conn, user_id, not_before.get(user_id, now))
         return len(rows) + len(new)
 
     return transactional(engine, run)

@@ -31,7 +31,7 @@ from paxyo import webhook_queue
 from paxyo.accounts import deposit
 from paxyo.cli.main import main as paxyo_main
 from paxyo.clock import utcnow
-from paxyo.events import event_id
+from paxyo.events import BALANCE_UPDATED, event_id, record_event
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade
 from paxyo.store.schema import webhook_deliveries
@@ -623,7 +623,8 @@ def test_sigterm_exits_promptly_while_the_database_is_locked(tmp_path: Path) -> 
 
 def test_a_retried_event_delivered_early_lets_the_next_ones_follow_at_once(
         hook_engine: sa.Engine) -> None:
-    """A user's later events wait with the first one's backoff, but not after it is delivered."""
+    """A user's later events wait with the first one's backoff (the search for due events does
+    not read them), but not after it is delivered."""
     receiver = Receiver(script=[500], script_user=111)
     server = ServerThread(receiver.app)
     server.start()
@@ -643,9 +644,8 @@ def test_a_retried_event_delivered_early_lets_the_next_ones_follow_at_once(
         task = asyncio.create_task(sender.run())
         first = int(made[111][0])
         await asyncio.to_thread(_wait_for, lambda: waits()[first][0] == 1)  # failed once
-        times = {at for _, at in waits().values()}
-        assert len(times) == 1  # the two later events wait as long as the first
-        assert min(times) > utcnow() + timedelta(seconds=30)
+        # the first waits for its retry, and the two later events at least as long
+        assert all(at > utcnow() + timedelta(seconds=30) for _, at in waits().values())
         await asyncio.to_thread(webhook_queue.retry, hook_engine, [first], utcnow())
         await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 4)
         sender.stop()
@@ -656,3 +656,66 @@ def test_a_retried_event_delivered_early_lets_the_next_ones_follow_at_once(
     finally:
         server.stop()
     assert receiver.accepted_of(111) == made[111]
+
+
+def test_events_queued_while_their_user_is_being_delivered_all_follow_in_order(
+        hook_engine: sa.Engine) -> None:
+    """Events written while the sender delivers the same users' earlier ones: each is seen as
+    its user's next (none waits behind an event already gone), in order."""
+    receiver = Receiver()
+    server = ServerThread(receiver.app)
+    server.start()
+    users = {111: 40, 222: 40}
+    made: dict[int, list[str]] = {}
+
+    def produce() -> None:
+        made.update(make_events(hook_engine, users))
+
+    sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook"))
+    producer = threading.Thread(target=produce)
+    try:
+        producer.start()
+        run_until([sender], lambda: not producer.is_alive()
+                  and len(receiver.accepted) >= sum(users.values()))
+    finally:
+        producer.join()
+        server.stop()
+    for user, ids in made.items():
+        assert receiver.accepted_of(user) == ids
+    assert webhook_queue.read_status(hook_engine).pending == 0
+
+
+def test_an_event_written_while_the_one_before_is_answered_is_sent_next(
+        hook_engine: sa.Engine) -> None:
+    """The writer of a user's new event and the sender deleting that user's delivered one take
+    the same lock: the sender waits for the writer's commit and sees the new event as next."""
+    receiver = Receiver(script=["slow"], slow_seconds=1.0)
+    server = ServerThread(receiver.app)
+    server.start()
+    made = make_events(hook_engine, {111: 1})
+    written: list[str] = []
+
+    def write_during_the_answer() -> None:
+        with hook_engine.connect() as conn, conn.begin():
+            event = record_event(conn, 111, BALANCE_UPDATED, {"user_id": 111}, utcnow(),
+                                 webhook=True)
+            written.append(event.id)
+            time.sleep(2.0)  # the receiver answers the first meanwhile
+
+    sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook", timeout=5.0))
+    writer = threading.Thread(target=write_during_the_answer)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(sender.run())
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.requests) == 1)
+        writer.start()
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 2, 15.0)
+        sender.stop()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        writer.join()
+        server.stop()
+    assert receiver.accepted == [made[111][0], *written]

@@ -226,8 +226,8 @@ class WebhookSender:
         except aiohttp.ClientError as exc:
             return await self._failed(delivery, "connection_error", _describe(exc))
         if 200 <= status < 300:
-            await self._db(webhook_queue.mark_delivered, self.engine, delivery.event_id,
-                           self.sender_id)
+            await self._db(webhook_queue.mark_delivered, self.engine, delivery,
+                           self.sender_id, clock=self._now)
             self._count("delivered")
             return True
         return await self._failed(delivery, "http_error", f"HTTP {status}")
