@@ -267,6 +267,11 @@ def test_retry_refuses_unknown_and_malformed_ids(
     monkeypatch.setenv("DATABASE_URL", hook_db)
     assert paxyo_main(["webhooks", "retry", made[111][0], "999999"]) == 1
     assert "no such event: 999999; nothing queued" in capsys.readouterr().err
+    many = [str(i) for i in range(10**6, 10**6 + 2000)]  # more than one IN (...) list holds
+    assert paxyo_main(["webhooks", "retry", made[111][0], *many]) == 1
+    assert capsys.readouterr().err.endswith(
+        "no such event: 1000000, 1000001, 1000002, 1000003, 1000004, 1000005, 1000006, "
+        "1000007, 1000008, 1000009 and 1990 more; nothing queued\n")
     for bad in ("1,2", "٣", "\x00", "-1", "1" * 30, "9" * 20):
         assert paxyo_main(["webhooks", "retry", bad]) == 2
         assert "not an event id" in capsys.readouterr().err
@@ -480,6 +485,8 @@ class RawReceiver:
                             b"Connection: close\r\n\r\n",
         "100 then 204": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n"
                         b"Connection: close\r\n\r\n",
+        "a cookie": b"HTTP/1.1 200 OK\r\nSet-Cookie: track=1; Path=/\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n",
         # not deliveries
         "garbage": b"\x00\x01 not\r\nHTTP\r\n\r\n",
         "redirect": b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\n"
@@ -544,17 +551,19 @@ class RawReceiver:
 
 
 def test_hostile_receivers_a_2xx_status_delivers_whatever_follows(hook_engine: sa.Engine) -> None:
-    answers = ["status then silence", "endless body", "non-UTF-8 header", "100 then 204"]
+    answers = ["a cookie", "status then silence", "endless body", "non-UTF-8 header",
+               "100 then 204"]
     receiver = RawReceiver(answers)
     receiver.start()
     try:
         make_events(hook_engine, {111: len(answers)})
-        sender = WebhookSender(hook_engine, fast_config(
-            f"http://127.0.0.1:{receiver.port}/hook", timeout=1.0))
+        sender = WebhookSender(hook_engine, fast_config(  # a host name: cookies apply
+            f"http://localhost:{receiver.port}/hook", timeout=1.0))
         run_until([sender], lambda: webhook_queue.read_status(hook_engine).pending == 0)
     finally:
         receiver.stop()
     assert len(receiver.request_lines) == len(answers)  # each delivered at its first POST
+    assert not any(b"\r\nCookie:" in head for head in receiver.headers)  # none kept
 
 
 def test_hostile_receivers_other_answers_are_retried_and_logged_on_one_line_without_secrets(

@@ -105,8 +105,9 @@ class WebhookSender:
         """Deliver until stopped; then let the POSTs in flight finish (see the module doc)."""
         chains: set[asyncio.Task[None]] = set()
         connector = aiohttp.TCPConnector(limit=self.config.concurrency)
-        async with aiohttp.ClientSession(connector=connector,
-                                         headers={"User-Agent": USER_AGENT}) as session:
+        async with aiohttp.ClientSession(  # cookies a receiver sets are neither kept nor sent
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": USER_AGENT}) as session:
             claiming = asyncio.create_task(self._claim_loop(session, chains))
             stopping = asyncio.create_task(self._stopping.wait())
             await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
