@@ -167,6 +167,8 @@ def _webhook(env: Mapping[str, str], values: dict[str, object]) -> None:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 (a port out of range raises here)
+        if host is not None:
+            host.encode("idna")  # an empty or too long label raises (UnicodeError)
     except ValueError:
         host = None
     if (host is None or parts.scheme not in ("http", "https")

@@ -32,6 +32,7 @@ from paxyo.accounts import deposit
 from paxyo.cli.main import main as paxyo_main
 from paxyo.clock import utcnow
 from paxyo.events import BALANCE_UPDATED, event_id, record_event
+from paxyo.settings import Settings, SettingsError
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade
 from paxyo.store.schema import webhook_deliveries
@@ -343,6 +344,19 @@ def test_the_sender_needs_a_url_and_a_secret(capsys: pytest.CaptureFixture[str],
     monkeypatch.setenv("PAXYO_WEBHOOK_URL", "http://127.0.0.1:9/hook")
     assert paxyo_main(["webhooks", "run"]) == 2
     assert "PAXYO_WEBHOOK_SECRET: is required" in capsys.readouterr().err
+
+
+def test_a_url_whose_host_cannot_be_encoded_is_refused_at_start_and_counted_as_attempts(
+        hook_engine: sa.Engine) -> None:
+    bad = "http://panel..example.com/hook"  # an empty label: IDNA encoding fails
+    with pytest.raises(SettingsError, match="PAXYO_WEBHOOK_URL"):
+        Settings.from_env({"DATABASE_URL": "sqlite://", "PAXYO_JWT_SECRET": "j",
+                           "PAXYO_ADMIN_TOKEN": "a", "PAXYO_WEBHOOK_URL": bad,
+                           "PAXYO_WEBHOOK_SECRET": SECRET})
+    make_events(hook_engine, {111: 1})
+    sender = WebhookSender(hook_engine, fast_config(bad))  # past the settings: still retried
+    run_until([sender], lambda: webhook_queue.read_status(hook_engine).last_error is not None)
+    assert webhook_queue.read_status(hook_engine).last_error == "UnicodeError: the URL was refused"
 
 
 def test_status_reads_the_queue(hook_engine: sa.Engine) -> None:

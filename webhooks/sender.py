@@ -224,7 +224,7 @@ class WebhookSender:
         except TimeoutError:
             return await self._failed(delivery, "timeout",
                                       f"no answer within {self.config.timeout:g}s")
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a host IDNA refuses
             return await self._failed(delivery, "connection_error", _describe(exc))
         if 200 <= status < 300:
             await self._db(webhook_queue.mark_delivered, self.engine, delivery,
@@ -259,11 +259,11 @@ class WebhookSender:
             self.metrics.webhook_deliveries.labels(outcome).inc()
 
 
-def _describe(exc: aiohttp.ClientError) -> str:
+def _describe(exc: aiohttp.ClientError | ValueError) -> str:
     """One line for a failed POST, without the URL (its query or password may be secret)."""
     if isinstance(exc, aiohttp.ClientResponseError):  # the answer could not be read
         text = f"{exc.status}, {exc.message}"
-    elif isinstance(exc, aiohttp.InvalidURL):
+    elif isinstance(exc, aiohttp.InvalidURL | ValueError):
         text = "the URL was refused"
     else:
         text = str(exc)
