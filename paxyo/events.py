@@ -13,19 +13,27 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import insert
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Connection
 
 from paxyo.clock import iso_z
+from paxyo.ledger import lock_balance
 from paxyo.money import format_money
 from paxyo.store.schema import outbox, webhook_deliveries
 
 ORDER_UPDATED = "order.updated"
 BALANCE_UPDATED = "balance.updated"
 WEBHOOK_PENDING = "pending"  # a webhook_deliveries row still to send
+# next_attempt_at of a user's pending row behind the first one: it waits for that one, and the
+# search for due rows does not read it (paxyo.webhook_queue gives it a time when it comes first)
+WEBHOOK_BEHIND = datetime(9999, 1, 1)
 ID_WIDTH = 16
+MAX_ID = 2**63 - 1  # the largest outbox id a BIGINT column holds
 _INSERT_EVENT = insert(outbox)  # built once: it runs for every change
 _INSERT_WEBHOOK = insert(webhook_deliveries)
+_ANY_PENDING_WEBHOOK = (select(webhook_deliveries.c.event_id)
+                        .where(webhook_deliveries.c.user_id == bindparam("p_uid"),
+                               webhook_deliveries.c.state == WEBHOOK_PENDING).limit(1))
 
 
 def event_id(outbox_id: int) -> str:
@@ -37,7 +45,8 @@ def parse_event_id(value: str) -> int | None:
     value = value.strip()
     if not (value.isascii() and value.isdigit()) or len(value) > 20:  # ASCII only
         return None
-    return int(value)
+    number = int(value)
+    return number if number <= MAX_ID else None  # a BIGINT (SQLite: INTEGER) holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +64,21 @@ def record_event(conn: Connection, user_id: int, type_: str, body: dict[str, Any
     """Insert an outbox row for ``body`` (without type and id) in the caller's transaction.
 
     With ``webhook`` (PAXYO_WEBHOOK_URL is set) the event is also queued for webhook delivery
-    (:mod:`paxyo.webhook_queue`), in the same transaction, so that none is ever lost.
+    (:mod:`paxyo.webhook_queue`), in the same transaction, so that none is ever lost. Queuing
+    locks the user's account row (as every change with an event does already): the sender
+    takes it too when a user's first event leaves the queue, so that the event queued behind
+    it is always seen and brought forward.
     """
     payload = orjson.dumps({**body, "at": iso_z(at)})
     result = conn.execute(_INSERT_EVENT, {"user_id": user_id, "type": type_, "payload": payload,
                                           "created_at": at})
     outbox_id = int(result.inserted_primary_key[0])
     if webhook:
+        lock_balance(conn, user_id)  # held already by every caller: costs nothing more
+        behind = conn.execute(_ANY_PENDING_WEBHOOK, {"p_uid": user_id}).first() is not None
         conn.execute(_INSERT_WEBHOOK, {"event_id": outbox_id, "user_id": user_id,
                                        "state": WEBHOOK_PENDING, "attempts": 0,
-                                       "next_attempt_at": at})
+                                       "next_attempt_at": WEBHOOK_BEHIND if behind else at})
     return PendingEvent(outbox_id=outbox_id, user_id=user_id)
 
 

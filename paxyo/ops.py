@@ -216,7 +216,8 @@ def format_webhook_status(status: WebhookStatus, settings: Settings, now: dateti
             else f"{status.last_error} (at {iso_z(status.last_error_at)})"
             if status.last_error_at else status.last_error)
     return "\n".join([
-        f"webhook url: {settings.webhook_url or 'not set (PAXYO_WEBHOOK_URL): nothing is queued'}",
+        "webhook url: " + (settings.webhook_url_label
+                           or "not set (PAXYO_WEBHOOK_URL): nothing is queued"),
         f"backlog: {status.pending} event(s) to deliver",
         f"oldest undelivered: {oldest}",
         f"failed (given up; `paxyo webhooks retry --all`): {status.failed}",

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 _PROVIDER_VAR = re.compile(r"^PAXYO_PROVIDER_([A-Z0-9_]+)_(URL|KEY)$")
 
@@ -58,7 +58,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     log_format: str = "text"
     metrics_port: int | None = None  # worker/dispatcher: also serve own metrics on this port
-    webhook_url: str | None = None
+    webhook_url: str | None = field(default=None, repr=False)  # may hold a password
     webhook_secret: str | None = field(default=None, repr=False)
     webhook_timeout: float = 10.0
     demo: bool = False
@@ -112,6 +112,11 @@ class Settings:
         """Events are queued for webhook delivery (PAXYO_WEBHOOK_URL is set)."""
         return self.webhook_url is not None
 
+    @property
+    def webhook_url_label(self) -> str | None:
+        """PAXYO_WEBHOOK_URL for messages: a password or query in it (a secret) shown as ***."""
+        return None if self.webhook_url is None else url_label(self.webhook_url)
+
     def with_overrides(self, **overrides: object) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -145,6 +150,16 @@ def _number(env: Mapping[str, str], values: dict[str, object], var: str, key: st
     values[key] = value
 
 
+def url_label(url: str) -> str:
+    """``url`` without its password, query or fragment (each may hold a secret)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")) + ("?***" if parts.query else "")
+
+
 def _webhook(env: Mapping[str, str], values: dict[str, object]) -> None:
     url = env.get("PAXYO_WEBHOOK_URL", "").strip()
     secret = env.get("PAXYO_WEBHOOK_SECRET", "").strip()
@@ -154,6 +169,8 @@ def _webhook(env: Mapping[str, str], values: dict[str, object]) -> None:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 (a port out of range raises here)
+        if host is not None:
+            host.encode("idna")  # an empty or too long label raises (UnicodeError)
     except ValueError:
         host = None
     if (host is None or parts.scheme not in ("http", "https")

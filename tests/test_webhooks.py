@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from paxyo import webhook_queue
 from paxyo.accounts import deposit
 from paxyo.cli.main import main as paxyo_main
 from paxyo.clock import utcnow
-from paxyo.events import event_id
+from paxyo.events import BALANCE_UPDATED, event_id, record_event
+from paxyo.settings import Settings, SettingsError
 from paxyo.store.engine import open_engine
 from paxyo.store.migrate import upgrade
 from paxyo.store.schema import webhook_deliveries
@@ -50,6 +52,7 @@ class Receiver:
     script: list[int | str] = field(default_factory=list)
     script_user: int | None = None  # the script answers only this user's requests
     hang_seconds: float = 3.0
+    slow_seconds: float = 1.0  # "slow": a 200 after this long (within the sender's timeout)
     requests: list[tuple[str, dict]] = field(default_factory=list)  # (event id, event)
     accepted: list[str] = field(default_factory=list)  # event ids answered 2xx
     bad_signatures: int = 0
@@ -80,6 +83,9 @@ class Receiver:
             if reply == "hang":
                 await asyncio.sleep(self.hang_seconds)
                 return web.Response(status=200)  # too late: the sender gave up waiting
+            if reply == "slow":
+                await asyncio.sleep(self.slow_seconds)
+                reply = 200
             elif reply == 200:
                 await asyncio.sleep(0.01)  # long enough for a second sender to overlap
             if reply == 200:
@@ -99,7 +105,7 @@ class Receiver:
         return list(dict.fromkeys(ids)) if distinct else ids
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def hook_db(request, tmp_path) -> Iterator[str]:
     for url in make_database(request.param, tmp_path):
         upgrade(url)
@@ -262,7 +268,12 @@ def test_retry_refuses_unknown_and_malformed_ids(
     monkeypatch.setenv("DATABASE_URL", hook_db)
     assert paxyo_main(["webhooks", "retry", made[111][0], "999999"]) == 1
     assert "no such event: 999999; nothing queued" in capsys.readouterr().err
-    for bad in ("1,2", "٣", "\x00", "-1", "1" * 30):
+    many = [str(i) for i in range(10**6, 10**6 + 2000)]  # more than one IN (...) list holds
+    assert paxyo_main(["webhooks", "retry", made[111][0], *many]) == 1
+    assert capsys.readouterr().err.endswith(
+        "no such event: 1000000, 1000001, 1000002, 1000003, 1000004, 1000005, 1000006, "
+        "1000007, 1000008, 1000009 and 1990 more; nothing queued\n")
+    for bad in ("1,2", "٣", "\x00", "-1", "1" * 30, "9" * 20):
         assert paxyo_main(["webhooks", "retry", bad]) == 2
         assert "not an event id" in capsys.readouterr().err
     assert paxyo_main(["webhooks", "retry"]) == 2
@@ -293,7 +304,8 @@ def test_killing_the_sender_mid_delivery_loses_nothing(hook_engine: sa.Engine, h
     server.start()
     log = tmp_path / "sender.log"
     made = make_events(hook_engine, {111: 3, 222: 3})
-    proc = _sender_process(hook_db, f"{server.url}/hook", log)
+    url = f"http://hookuser:url-password@127.0.0.1:{server.port}/hook"
+    proc = _sender_process(hook_db, url, log)
     try:
         deadline = time.monotonic() + 30
         while not any(True for _ in receiver.requests):
@@ -302,7 +314,7 @@ def test_killing_the_sender_mid_delivery_loses_nothing(hook_engine: sa.Engine, h
         hung = receiver.requests[0][0]
         os.killpg(proc.pid, signal.SIGKILL)  # mid-delivery: the POST is in flight
         proc.wait()
-        proc = _sender_process(hook_db, f"{server.url}/hook", log)
+        proc = _sender_process(hook_db, url, log)
         while len(set(receiver.accepted)) < 6:
             assert time.monotonic() < deadline + 30, log.read_text()
             time.sleep(0.1)
@@ -317,7 +329,10 @@ def test_killing_the_sender_mid_delivery_loses_nothing(hook_engine: sa.Engine, h
         assert receiver.accepted_of(user, distinct=True) == ids
     assert hung in receiver.accepted
     assert webhook_queue.read_status(hook_engine).pending == 0
-    assert "Traceback" not in log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "url-password" not in text and SECRET not in text
+    assert "POST to http://hookuser:***@127.0.0.1:" in text
 
 
 def test_the_sender_needs_a_url_and_a_secret(capsys: pytest.CaptureFixture[str],
@@ -329,6 +344,19 @@ def test_the_sender_needs_a_url_and_a_secret(capsys: pytest.CaptureFixture[str],
     monkeypatch.setenv("PAXYO_WEBHOOK_URL", "http://127.0.0.1:9/hook")
     assert paxyo_main(["webhooks", "run"]) == 2
     assert "PAXYO_WEBHOOK_SECRET: is required" in capsys.readouterr().err
+
+
+def test_a_url_whose_host_cannot_be_encoded_is_refused_at_start_and_counted_as_attempts(
+        hook_engine: sa.Engine) -> None:
+    bad = "http://panel..example.com/hook"  # an empty label: IDNA encoding fails
+    with pytest.raises(SettingsError, match="PAXYO_WEBHOOK_URL"):
+        Settings.from_env({"DATABASE_URL": "sqlite://", "PAXYO_JWT_SECRET": "j",
+                           "PAXYO_ADMIN_TOKEN": "a", "PAXYO_WEBHOOK_URL": bad,
+                           "PAXYO_WEBHOOK_SECRET": SECRET})
+    make_events(hook_engine, {111: 1})
+    sender = WebhookSender(hook_engine, fast_config(bad))  # past the settings: still retried
+    run_until([sender], lambda: webhook_queue.read_status(hook_engine).last_error is not None)
+    assert webhook_queue.read_status(hook_engine).last_error == "UnicodeError: the URL was refused"
 
 
 def test_status_reads_the_queue(hook_engine: sa.Engine) -> None:
@@ -380,3 +408,337 @@ def test_the_api_and_the_worker_queue_their_events_for_the_panel(settings, simul
         ("balance.updated", None, "10.00"), ("order.updated", "Pending", "0.00"),
         ("order.updated", "Partial", "3.00")]
     assert events[2]["refund"] == "3.00" and events[2]["order_id"] == 5
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+def test_retry_while_an_event_is_in_flight_keeps_one_in_flight_per_user_in_order(
+        hook_engine: sa.Engine) -> None:
+    """`retry` of a delivered event and of the one in flight: neither goes out beside it."""
+    receiver = Receiver(script=[200, "slow"], slow_seconds=1.0)
+    server = ServerThread(receiver.app)
+    server.start()
+    made = make_events(hook_engine, {111: 3})
+    first, second, third = made[111]
+    sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook", timeout=5.0))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(sender.run())
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.requests) == 2)  # second: slow
+        queued = await asyncio.to_thread(webhook_queue.retry, hook_engine,
+                                         [int(first), int(second)], utcnow())
+        assert queued == 2
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) >= 4)
+        await asyncio.sleep(0.3)  # nothing more comes
+        sender.stop()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert receiver.max_in_flight_per_user == 1
+    # the second was in flight when retried: answered 2xx, it is not sent again; the first
+    # (delivered already) goes again right after it, before the third
+    assert receiver.accepted_of(111) == [first, second, first, third]
+    assert webhook_queue.read_status(hook_engine).pending == 0
+
+
+def test_a_claim_that_waited_for_a_locked_database_gets_a_whole_lease(tmp_path: Path) -> None:
+    """The lease starts when the claim is written, not when the sender asked for it: a claim
+    that waited for SQLite's write lock longer than a lease is not claimed again meanwhile."""
+    path = tmp_path / "paxyo.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    engine = open_engine(url)
+    make_events(engine, {111: 1})
+    receiver = Receiver(script=["slow"], slow_seconds=1.0)
+    server = ServerThread(receiver.app)
+    server.start()
+    config = fast_config(f"{server.url}/hook", timeout=3.0, lease_seconds=2.5)
+    first, second = WebhookSender(engine, config), WebhookSender(engine, config)
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+
+    async def scenario() -> None:
+        a = asyncio.create_task(first.run())
+        await asyncio.sleep(3.0)  # its claim waits for the lock, longer than a lease
+        locker.execute("ROLLBACK")
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.requests) == 1)
+        b = asyncio.create_task(second.run())  # while the first POST is in flight
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 1)
+        await asyncio.sleep(0.3)
+        first.stop()
+        second.stop()
+        await asyncio.gather(a, b)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        locker.close()
+        server.stop()
+        engine.dispose()
+    assert receiver.max_in_flight_per_user == 1
+    assert len(receiver.requests) == 1
+
+
+class RawReceiver:
+    """A TCP server that answers each request with the next scripted raw HTTP answer."""
+
+    ANSWERS: dict[str, bytes] = {
+        "ok": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        # a 2xx status, then a body that never comes or never ends
+        "status then silence": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        "endless body": b"HTTP/1.1 200 OK\r\nContent-Length: 100000000000\r\n\r\n",
+        "non-UTF-8 header": b"HTTP/1.1 200 \xff\r\nX-Bad: \xff\xfe\xc3(\r\nContent-Length: 0\r\n"
+                            b"Connection: close\r\n\r\n",
+        "100 then 204": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n"
+                        b"Connection: close\r\n\r\n",
+        "a cookie": b"HTTP/1.1 200 OK\r\nSet-Cookie: track=1; Path=/\r\nContent-Length: 0\r\n"
+                    b"Connection: close\r\n\r\n",
+        # not deliveries
+        "garbage": b"\x00\x01 not\r\nHTTP\r\n\r\n",
+        "redirect": b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n",
+        "headers forever": b"HTTP/1.1 200 OK\r\n",
+        "101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n",
+    }
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = list(script)
+        self.request_lines: list[bytes] = []
+        self.headers: list[bytes] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(asyncio.start_server(
+            self._answer, "127.0.0.1", self.port), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    async def _close(self) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self.request_lines.append(head.split(b"\r\n")[0])
+            self.headers.append(head)
+            mode = self.script.pop(0) if self.script else "ok"
+            writer.write(self.ANSWERS[mode])
+            await writer.drain()
+            if mode == "endless body":
+                while True:
+                    writer.write(b"x" * 65536)
+                    await writer.drain()
+            elif mode == "headers forever":
+                while True:
+                    writer.write(b"X-More: yes\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+            elif mode != "ok" and mode != "garbage" and not mode.startswith(("non", "100")):
+                await asyncio.sleep(3600)
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+def test_hostile_receivers_a_2xx_status_delivers_whatever_follows(hook_engine: sa.Engine) -> None:
+    answers = ["a cookie", "status then silence", "endless body", "non-UTF-8 header",
+               "100 then 204"]
+    receiver = RawReceiver(answers)
+    receiver.start()
+    try:
+        make_events(hook_engine, {111: len(answers)})
+        sender = WebhookSender(hook_engine, fast_config(  # a host name: cookies apply
+            f"http://localhost:{receiver.port}/hook", timeout=1.0))
+        run_until([sender], lambda: webhook_queue.read_status(hook_engine).pending == 0)
+    finally:
+        receiver.stop()
+    assert len(receiver.request_lines) == len(answers)  # each delivered at its first POST
+    assert not any(b"\r\nCookie:" in head for head in receiver.headers)  # none kept
+
+
+def test_hostile_receivers_other_answers_are_retried_and_logged_on_one_line_without_secrets(
+        hook_engine: sa.Engine, caplog: pytest.LogCaptureFixture) -> None:
+    answers = ["garbage", "redirect", "headers forever", "101"]
+    receiver = RawReceiver(answers)
+    receiver.start()
+    url = f"http://hookuser:url-password@127.0.0.1:{receiver.port}/hook?token=url-token"
+    try:
+        made = make_events(hook_engine, {111: 2})
+        sender = WebhookSender(hook_engine, fast_config(url, timeout=1.0))
+        with caplog.at_level("WARNING", logger="paxyo.webhooks"):
+            run_until([sender], lambda: webhook_queue.read_status(hook_engine).pending == 0)
+    finally:
+        receiver.stop()
+    assert len(receiver.request_lines) == len(answers) + 2  # four failures, then both events
+    assert set(receiver.request_lines) == {b"POST /hook?token=url-token HTTP/1.1"}  # no redirect
+    assert all(b"\r\nAuthorization: Basic " in head for head in receiver.headers)
+    attempts = [r.getMessage() for r in caplog.records if " attempt " in r.getMessage()]
+    assert len(attempts) == len(answers)
+    assert made[111][0] in attempts[0]
+    for line in attempts:
+        assert "\n" not in line and "url-password" not in line and "url-token" not in line
+        assert SECRET not in line
+    assert "HTTP 307" in attempts[1] and "HTTP 101" in attempts[3]
+    assert f"no answer within {1.0:g}s" in attempts[2]
+
+
+def test_status_shows_the_url_without_its_password_or_query(
+        hook_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", hook_db)
+    monkeypatch.setenv("PAXYO_WEBHOOK_URL", "https://panel:pa55word@example.com/hook?key=k3y")
+    monkeypatch.setenv("PAXYO_WEBHOOK_SECRET", SECRET)
+    assert paxyo_main(["webhooks", "status"]) == 0
+    out = capsys.readouterr().out
+    assert "webhook url: https://panel:***@example.com/hook?***" in out
+    assert "pa55word" not in out and "k3y" not in out
+
+
+def test_sigterm_exits_promptly_while_the_database_is_locked(tmp_path: Path) -> None:
+    """A database call that hangs does not hold the process past the POST timeout and a grace:
+    its claim expires as after a crash, and nothing is lost."""
+    path = tmp_path / "paxyo.db"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    engine = open_engine(url)
+    make_events(engine, {111: 1})
+    log = tmp_path / "sender.log"
+    proc = _sender_process(url, f"http://127.0.0.1:{free_port()}/hook", log)  # refused
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        _wait_for(lambda: "attempt 1:" in log.read_text())
+        locker.execute("BEGIN IMMEDIATE")
+        time.sleep(2.5)  # the next attempt's write (or the next claim) waits for the lock
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        locker.close()
+    assert "Traceback" not in log.read_text()
+    assert webhook_queue.read_status(engine).pending == 1
+    engine.dispose()
+
+
+def test_a_retried_event_delivered_early_lets_the_next_ones_follow_at_once(
+        hook_engine: sa.Engine) -> None:
+    """A user's later events wait with the first one's backoff (the search for due events does
+    not read them), but not after it is delivered."""
+    receiver = Receiver(script=[500], script_user=111)
+    server = ServerThread(receiver.app)
+    server.start()
+    made = make_events(hook_engine, {111: 3, 222: 1})
+    d = webhook_deliveries
+
+    def waits() -> dict[int, tuple[int, datetime]]:
+        with hook_engine.connect() as conn:
+            return {r.event_id: (r.attempts, r.next_attempt_at) for r in conn.execute(
+                sa.select(d.c.event_id, d.c.attempts, d.c.next_attempt_at)
+                .where(d.c.user_id == 111))}
+
+    config = fast_config(f"{server.url}/hook", backoff_first=120.0, backoff_cap=120.0)
+
+    async def scenario() -> None:
+        sender = WebhookSender(hook_engine, config)
+        task = asyncio.create_task(sender.run())
+        first = int(made[111][0])
+        await asyncio.to_thread(_wait_for, lambda: waits()[first][0] == 1)  # failed once
+        # the first waits for its retry, and the two later events at least as long
+        assert all(at > utcnow() + timedelta(seconds=30) for _, at in waits().values())
+        await asyncio.to_thread(webhook_queue.retry, hook_engine, [first], utcnow())
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 4)
+        sender.stop()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert receiver.accepted_of(111) == made[111]
+
+
+def test_events_queued_while_their_user_is_being_delivered_all_follow_in_order(
+        hook_engine: sa.Engine) -> None:
+    """Events written while the sender delivers the same users' earlier ones: each is seen as
+    its user's next (none waits behind an event already gone), in order."""
+    receiver = Receiver()
+    server = ServerThread(receiver.app)
+    server.start()
+    users = {111: 40, 222: 40}
+    made: dict[int, list[str]] = {}
+
+    def produce() -> None:
+        made.update(make_events(hook_engine, users))
+
+    sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook"))
+    producer = threading.Thread(target=produce)
+    try:
+        producer.start()
+        run_until([sender], lambda: not producer.is_alive()
+                  and len(receiver.accepted) >= sum(users.values()))
+    finally:
+        producer.join()
+        server.stop()
+    for user, ids in made.items():
+        assert receiver.accepted_of(user) == ids
+    assert webhook_queue.read_status(hook_engine).pending == 0
+
+
+def test_an_event_written_while_the_one_before_is_answered_is_sent_next(
+        hook_engine: sa.Engine) -> None:
+    """The writer of a user's new event and the sender deleting that user's delivered one take
+    the same lock: the sender waits for the writer's commit and sees the new event as next."""
+    receiver = Receiver(script=["slow"], slow_seconds=1.0)
+    server = ServerThread(receiver.app)
+    server.start()
+    made = make_events(hook_engine, {111: 1})
+    written: list[str] = []
+
+    def write_during_the_answer() -> None:
+        with hook_engine.connect() as conn, conn.begin():
+            event = record_event(conn, 111, BALANCE_UPDATED, {"user_id": 111}, utcnow(),
+                                 webhook=True)
+            written.append(event.id)
+            time.sleep(2.0)  # the receiver answers the first meanwhile
+
+    sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook", timeout=5.0))
+    writer = threading.Thread(target=write_during_the_answer)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(sender.run())
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.requests) == 1)
+        writer.start()
+        await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 2, 15.0)
+        sender.stop()
+        await task
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        writer.join()
+        server.stop()
+    assert receiver.accepted == [made[111][0], *written]

@@ -45,7 +45,7 @@ def run_webhook_sender(settings: Settings, engine: Engine, client: redis.Redis,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, sender.stop)
         log.info("webhook sender %s started: POST to %s", sender.sender_id,
-                 settings.webhook_url)
+                 settings.webhook_url_label)
         await sender.run()
 
     try:

@@ -7,6 +7,11 @@ attempt (any other status, a timeout, a refused connection) is rescheduled with 
 backoff and full jitter and releases the user; after ``max_age`` seconds of failing, the event
 is marked failed and the user's next event goes ahead. Any number of senders may run: a claim
 is a lease in the database, so one event is in flight at one sender at a time.
+
+A 2xx status line is a delivery; the answer's body is not read (a receiver that never ends it
+cannot hold the event). Database calls run in daemon threads, so that on :meth:`stop` a call
+that hangs (a locked or unreachable database) holds the sender no longer than the POST timeout
+and :data:`STOP_GRACE`: its claim then runs out as after a crash, and the event is sent again.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import aiohttp
 from sqlalchemy import Engine
@@ -36,6 +43,11 @@ from paxyo.webhook_signature import sign
 log = logging.getLogger("paxyo.webhooks")
 
 USER_AGENT = "paxyo-webhooks/1"
+STOP_GRACE = 5.0  # seconds past the POST timeout that a stopping sender waits for its writes
+DB_THREADS = 8    # database calls at once (within the engine's pool of 15)
+MAX_LOGGED_ERROR = 200
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,7 @@ class WebhookSender:
         self.sender_id = sender_id or new_sender_id()
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
+        self._db_slots = asyncio.Semaphore(DB_THREADS)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -89,41 +102,92 @@ class WebhookSender:
         return _utc(self.clock())
 
     async def run(self) -> None:
-        """Deliver until stopped; chains in flight finish their current POST first."""
+        """Deliver until stopped; then let the POSTs in flight finish (see the module doc)."""
         chains: set[asyncio.Task[None]] = set()
-        db_down = False
         connector = aiohttp.TCPConnector(limit=self.config.concurrency)
-        async with aiohttp.ClientSession(connector=connector,
-                                         headers={"User-Agent": USER_AGENT}) as session:
-            while not self._stopping.is_set():
-                free = self.config.concurrency - len(chains)
-                claimed: list[Delivery] = []
-                if free > 0:
-                    try:
-                        claimed = await asyncio.to_thread(
-                            webhook_queue.claim_due, self.engine, self.sender_id,
-                            now=self._now(), lease_seconds=self.config.lease_seconds,
-                            limit=free)
-                        if db_down:
-                            log.info("webhooks: database reachable again")
-                            db_down = False
-                    except SQLAlchemyError as exc:
-                        if not db_down:
-                            log.error("webhooks: database unreachable, retrying: %s",
-                                      str(exc).splitlines()[0][:200])
-                            db_down = True
-                for delivery in claimed:
-                    task = asyncio.create_task(self._chain(session, delivery))
-                    chains.add(task)
-                    task.add_done_callback(chains.discard)
-                    task.add_done_callback(lambda _t: self._wake.set())
-                if claimed and len(claimed) == free:
-                    continue  # more may be due: look again at once
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+        async with aiohttp.ClientSession(  # cookies a receiver sets are neither kept nor sent
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": USER_AGENT}) as session:
+            claiming = asyncio.create_task(self._claim_loop(session, chains))
+            stopping = asyncio.create_task(self._stopping.wait())
+            await asyncio.wait({claiming, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            self.stop()  # also when the claim loop failed
+            deadline = time.monotonic() + self.config.timeout + STOP_GRACE
+            await asyncio.wait({claiming, stopping}, timeout=deadline - time.monotonic())
             if chains:
-                await asyncio.wait(chains)
+                await asyncio.wait(set(chains), timeout=max(0.0, deadline - time.monotonic()))
+            unfinished = [t for t in (claiming, *chains) if not t.done()]
+            if unfinished:
+                log.warning("webhooks: stopping with %d database call(s) unanswered; their "
+                            "events are sent again when the claims run out", len(unfinished))
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.gather(*unfinished, return_exceptions=True)
+        if not claiming.cancelled():
+            claiming.result()  # a claim loop that failed fails the sender
+
+    async def _claim_loop(self, session: aiohttp.ClientSession,
+                          chains: set[asyncio.Task[None]]) -> None:
+        db_down = False
+        while not self._stopping.is_set():
+            free = self.config.concurrency - len(chains)
+            claimed: list[Delivery] = []
+            if free > 0:
+                try:
+                    claimed = await self._db(
+                        webhook_queue.claim_due, self.engine, self.sender_id,
+                        clock=self._now, lease_seconds=self.config.lease_seconds, limit=free)
+                    if db_down:
+                        log.info("webhooks: database reachable again")
+                        db_down = False
+                except SQLAlchemyError as exc:
+                    if not db_down:
+                        log.error("webhooks: database unreachable, retrying: %s",
+                                  _first_line(exc))
+                        db_down = True
+            if claimed and self._stopping.is_set():  # the claim was answered after stop()
+                await self._release(claimed)
+                return
+            for delivery in claimed:
+                task = asyncio.create_task(self._chain(session, delivery))
+                chains.add(task)
+                task.add_done_callback(chains.discard)
+                task.add_done_callback(lambda _t: self._wake.set())
+            if claimed and len(claimed) == free:
+                continue  # more may be due: look again at once
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval)
+
+    async def _release(self, claimed: list[Delivery]) -> None:
+        with contextlib.suppress(SQLAlchemyError):  # else the claims run out
+            await self._db(webhook_queue.release, self.engine,
+                           [d.event_id for d in claimed], self.sender_id)
+
+    async def _db(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a daemon thread (see the module docstring)."""
+        async with self._db_slots:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[T] = loop.create_future()
+
+            def settle(result: Any, error: BaseException | None) -> None:
+                if future.done():
+                    return  # the caller stopped waiting
+                if error is None:
+                    future.set_result(result)
+                else:
+                    future.set_exception(error)
+
+            def work() -> None:
+                try:
+                    outcome: tuple[Any, BaseException | None] = (fn(*args, **kwargs), None)
+                except BaseException as exc:  # handed to the awaiting task
+                    outcome = (None, exc)
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(settle, *outcome)
+
+            threading.Thread(target=work, name="paxyo-webhooks-db", daemon=True).start()
+            return await future
 
     async def _chain(self, session: aiohttp.ClientSession, delivery: Delivery | None) -> None:
         """Deliver one user's events in order while they are due and answered with 2xx."""
@@ -133,13 +197,13 @@ class WebhookSender:
                     return
                 if self._stopping.is_set():
                     return
-                delivery = await asyncio.to_thread(
+                delivery = await self._db(
                     webhook_queue.claim_next, self.engine, self.sender_id, delivery.user_id,
-                    now=self._now(), lease_seconds=self.config.lease_seconds)
+                    clock=self._now, lease_seconds=self.config.lease_seconds)
             except SQLAlchemyError as exc:
                 # the lease runs out and the event is sent again: at least once, in order
                 log.error("webhooks: event %s: database error, left for retry: %s",
-                          event_id(delivery.event_id), str(exc).splitlines()[0][:200])
+                          event_id(delivery.event_id), _first_line(exc))
                 return
             except Exception:
                 log.exception("webhooks: event %s: unexpected error, left for retry",
@@ -156,17 +220,15 @@ class WebhookSender:
             async with session.post(self.config.url, data=delivery.body, headers=headers,
                                     timeout=aiohttp.ClientTimeout(total=self.config.timeout),
                                     allow_redirects=False) as response:
-                await response.content.read(1 << 16)  # the answer's body is not used
-                status = response.status
+                status = response.status  # the body is not read (nor waited for)
         except TimeoutError:
             return await self._failed(delivery, "timeout",
                                       f"no answer within {self.config.timeout:g}s")
-        except aiohttp.ClientError as exc:
-            return await self._failed(delivery, "connection_error",
-                                      f"{type(exc).__name__}: {exc}")
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a host IDNA refuses
+            return await self._failed(delivery, "connection_error", _describe(exc))
         if 200 <= status < 300:
-            await asyncio.to_thread(webhook_queue.mark_delivered, self.engine,
-                                    delivery.event_id, self.sender_id)
+            await self._db(webhook_queue.mark_delivered, self.engine, delivery,
+                           self.sender_id, clock=self._now)
             self._count("delivered")
             return True
         return await self._failed(delivery, "http_error", f"HTTP {status}")
@@ -178,8 +240,8 @@ class WebhookSender:
         give_up = (now - first).total_seconds() >= self.config.max_age
         retry_at = None if give_up else now + timedelta(
             seconds=retry_delay(attempts, self.config, self.rng))
-        await asyncio.to_thread(webhook_queue.mark_attempt_failed, self.engine, delivery,
-                                self.sender_id, error=error, now=now, retry_at=retry_at)
+        await self._db(webhook_queue.mark_attempt_failed, self.engine, delivery,
+                       self.sender_id, error=error, now=now, retry_at=retry_at)
         self._count(outcome)
         ident = event_id(delivery.event_id)
         if give_up:
@@ -195,3 +257,18 @@ class WebhookSender:
     def _count(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.webhook_deliveries.labels(outcome).inc()
+
+
+def _describe(exc: aiohttp.ClientError | ValueError) -> str:
+    """One line for a failed POST, without the URL (its query or password may be secret)."""
+    if isinstance(exc, aiohttp.ClientResponseError):  # the answer could not be read
+        text = f"{exc.status}, {exc.message}"
+    elif isinstance(exc, aiohttp.InvalidURL | ValueError):
+        text = "the URL was refused"
+    else:
+        text = str(exc)
+    return f"{type(exc).__name__}: {' '.join(text.split())}"[:webhook_queue.MAX_ERROR]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:MAX_LOGGED_ERROR]

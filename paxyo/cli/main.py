@@ -201,8 +201,10 @@ def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         queued = webhook_queue.retry(engine, ids, utcnow())
     except webhook_queue.UnknownEvents as exc:
-        print(f"{command}: no such event: {', '.join(map(str, exc.args[0]))}; nothing queued",
-              file=sys.stderr)
+        missing = exc.args[0]
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        print(f"{command}: no such event: {', '.join(map(str, missing[:10]))}{more}; "
+              "nothing queued", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
         print(f"{command}: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
