@@ -49,7 +49,7 @@ STAGES = (
     ("plan shards (dispatcher)", "planner.py", "plan_shards"),
     ("claim leases", "leases.py", "claim"),
     ("breaker + rate limit", "jobs.py", "_held_back"),
-    ("provider call + parse", "jobs.py", "_fetch"),
+    ("provider call + parse", "client.py", "status_many"),
     ("apply: read, decide, write (one transaction)", "observations.py", "apply_observations"),
     ("publish to Redis", "jobs.py", "_publish"),
     ("metrics", "metrics.py", "count_applied"),
