@@ -247,6 +247,25 @@ def test_api_answers_while_redis_is_down(api_without_redis: Api) -> None:
     assert api_without_redis.balance(111) == "15.00"
 
 
+@pytest.mark.parametrize("where", ["postgresql", "sqlite"])
+def test_a_database_that_does_not_answer_is_a_503_to_retry_not_a_500(
+        gateway_settings: Settings, tmp_path, where: str, caplog) -> None:
+    """PostgreSQL down (nothing listens), or a SQLite file whose schema is gone."""
+    if where == "postgresql":
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere"
+    else:
+        url = f"sqlite:///{tmp_path / 'empty.db'}"  # no tables: "no such table"
+    for api in _serve(gateway_settings.with_overrides(database_url=url)):
+        for method, path, body in (("GET", "/v1/accounts/111", None),
+                                   ("POST", "/v1/accounts/111/deposits",
+                                    {"amount": "1.00", "reference": "r"}),
+                                   ("POST", "/v1/orders", ORDER), ("GET", "/v1/orders/5", None)):
+            status, answer = api.call(method, path, body)
+            assert status == 503, (method, path, answer)
+            assert answer["error"].startswith("database unavailable")
+    assert "Traceback" not in caplog.text and "unhandled error" not in caplog.text
+
+
 # -- health and metrics ------------------------------------------------------------------------
 
 def test_healthz(api: Api) -> None:

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from monitoring.metrics import process_metrics
 from paxyo.money import MoneyError, parse_money
-from tests.support import ServerThread, http_json
+from tests.support import ServerThread, free_port, http_json
 from tests.test_http_api import AUTH, ORDER, api_settings
 from wsgateway.app import create_app
 from wsgateway.openapi import build_openapi, money_pattern
@@ -108,7 +108,20 @@ def test_the_document_needs_no_token_and_every_route_is_in_it(gateway: str) -> N
     assert http_json("GET", gateway + "/v1/accounts/111", headers={})[0] == 401
 
 
-def test_real_answers_match_the_document(gateway: str) -> None:
+@pytest.fixture
+def dead_database_gateway(redis_url: str, redis_prefix: str) -> Iterator[str]:
+    """A gateway whose PostgreSQL does not answer (nothing listens on its port)."""
+    settings = api_settings(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/gone",
+                            redis_url, redis_prefix)
+    server = ServerThread(lambda: create_app(settings, process_metrics()))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_real_answers_match_the_document(gateway: str, dead_database_gateway: str) -> None:
     spec = Spec(gateway)
     deposits = "/accounts/{user_id}/deposits"
     body = {"amount": "25.00", "reference": "pay-981"}
@@ -153,6 +166,13 @@ def test_real_answers_match_the_document(gateway: str) -> None:
 
     spec.check("GET", "/openapi.json", "/openapi.json", headers={}, expect=200)
     spec.check("POST", "/openapi.json", "/openapi.json", {}, expect=405)
+
+    # the same routes on a gateway whose database does not answer
+    spec.url = dead_database_gateway
+    spec.check("POST", deposits, "/accounts/111/deposits", body, expect=503)
+    spec.check("GET", account, "/accounts/111", expect=503)
+    spec.check("POST", orders, "/orders", ORDER, expect=503)
+    spec.check("GET", order, "/orders/123", expect=503)
 
     documented = {(method.upper(), path, status)
                   for path, item in spec.doc["paths"].items()

@@ -25,6 +25,8 @@ from typing import Any, NoReturn
 import orjson
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from paxyo.accounts import deposit, get_balance
 from paxyo.errors import Conflict, NotFound
@@ -52,6 +54,8 @@ _DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
 _KEPT_HEADERS = (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE, hdrs.RETRY_AFTER)
 # Content-Encodings aiohttp decodes (or that mean none); with any other the body we would read
 # is not the body that was meant.
+DATABASE_UNAVAILABLE = ("database unavailable; send the request again (a deposit or order "
+                        "sent twice is applied once)")
 _ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
 
 
@@ -82,6 +86,14 @@ async def _answer(request: web.Request, handler) -> web.StreamResponse:  # type:
         if exc.status < 400:
             raise
         return _http_error(exc)
+    except (OperationalError, InterfaceError, SQLAlchemyTimeoutError) as exc:
+        # The database is down, restarting, or dropped the connection: not a bug, and the
+        # panel may simply send the request again (deposits and orders are idempotent).
+        log.error("database unavailable in %s %s: %s", request.method, request.path,
+                  str(getattr(exc, "orig", None) or exc).splitlines()[0][:200])
+        response = error_response(503, DATABASE_UNAVAILABLE)
+        response.headers["Retry-After"] = "1"
+        return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal error")

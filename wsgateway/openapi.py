@@ -171,6 +171,8 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
     bad = _error("Bad input: a path id, the body, or a field (named in the message).")
     unauthorized = _error("Missing or invalid admin bearer token.")
     too_large = _error("The body is larger than the server accepts.")
+    unavailable = _error("The database did not answer (Retry-After: 1). Sending the request "
+                         "again is safe: a deposit or order sent twice is applied once.")
 
     def body(schema: str) -> dict[str, Any]:
         return {"required": True, "content": {_JSON: {"schema": _ref(schema)}},
@@ -201,7 +203,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                         "201": _ok("Applied; the new balance.", "DepositResult"),
                         "200": _ok("Already applied with this reference; nothing changed.",
                                    "DepositResult"),
-                        "400": bad, "401": unauthorized,
+                        "400": bad, "401": unauthorized, "503": unavailable,
                         "409": _error("The reference was already used with another amount."),
                         "413": too_large,
                     },
@@ -214,7 +216,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "summary": "The user's balance.",
                     "responses": {
                         "200": _ok("The account.", "Account"),
-                        "400": bad, "401": unauthorized,
+                        "400": bad, "401": unauthorized, "503": unavailable,
                         "404": _error("No such account."),
                     },
                 },
@@ -227,7 +229,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "responses": {
                         "201": _ok("Placed; the charge was debited.", "Order"),
                         "200": _ok("The identical order again; nothing changed.", "Order"),
-                        "400": bad, "401": unauthorized,
+                        "400": bad, "401": unauthorized, "503": unavailable,
                         "409": _error("Insufficient balance, or the id exists with a different "
                                       "body."),
                         "413": too_large,
@@ -241,7 +243,7 @@ def build_openapi(settings: Settings) -> dict[str, Any]:
                     "summary": "An order, its status and refund.",
                     "responses": {
                         "200": _ok("The order.", "Order"),
-                        "400": bad, "401": unauthorized,
+                        "400": bad, "401": unauthorized, "503": unavailable,
                         "404": _error("No such order."),
                     },
                 },
