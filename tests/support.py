@@ -62,6 +62,13 @@ class ServerThread:
         self._thread.join(10)
         self.loop.close()
 
+    def __enter__(self) -> ServerThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def http_json(method: str, url: str, body: Any = None,
               headers: dict[str, str] | None = None) -> tuple[int, Any]:

@@ -30,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 
 from monitoring.metrics import process_metrics
 from paxyo.money import MoneyError, parse_money
+from paxyo.settings import Settings
 from tests.support import ServerThread, free_port, http_json
 from tests.test_http_api import AUTH, ORDER, api_settings
 from wsgateway.app import create_app
@@ -38,15 +39,14 @@ from wsgateway.openapi import build_openapi, money_pattern
 _DOC = "urn:paxyo:openapi"
 
 
+def _serve(settings: Settings) -> Iterator[str]:
+    with ServerThread(lambda: create_app(settings, process_metrics())) as server:
+        yield server.url
+
+
 @pytest.fixture
 def gateway(sqlite_url: str, redis_url: str, redis_prefix: str) -> Iterator[str]:
-    settings = api_settings(sqlite_url, redis_url, redis_prefix)
-    server = ServerThread(lambda: create_app(settings, process_metrics()))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _serve(api_settings(sqlite_url, redis_url, redis_prefix))
 
 
 class Spec:
@@ -111,14 +111,8 @@ def test_the_document_needs_no_token_and_every_route_is_in_it(gateway: str) -> N
 @pytest.fixture
 def dead_database_gateway(redis_url: str, redis_prefix: str) -> Iterator[str]:
     """A gateway whose PostgreSQL does not answer (nothing listens on its port)."""
-    settings = api_settings(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/gone",
-                            redis_url, redis_prefix)
-    server = ServerThread(lambda: create_app(settings, process_metrics()))
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _serve(api_settings(
+        f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/gone", redis_url, redis_prefix))
 
 
 def test_real_answers_match_the_document(gateway: str, dead_database_gateway: str) -> None:

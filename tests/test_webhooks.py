@@ -7,6 +7,7 @@ production, in-process (short timeouts and backoff) or as the ``paxyo webhooks r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -139,18 +140,27 @@ def fast_config(url: str, **overrides: float) -> SenderConfig:
     return SenderConfig(url=url, secret=SECRET, **values)  # type: ignore[arg-type]
 
 
+@contextlib.asynccontextmanager
+async def sending(*senders: WebhookSender) -> AsyncIterator[None]:
+    """The senders run (on this loop) for the block; then they stop and are awaited."""
+    tasks = [asyncio.create_task(s.run()) for s in senders]
+    try:
+        yield
+    finally:
+        for sender in senders:
+            sender.stop()
+        await asyncio.gather(*tasks)
+
+
 def run_until(senders: list[WebhookSender], done, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     """Run the senders until ``done()`` holds (or fail after ``timeout`` seconds)."""
 
     async def scenario() -> None:
-        tasks = [asyncio.create_task(s.run()) for s in senders]
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, "webhooks not delivered in time"
-            await asyncio.sleep(0.05)
-        for s in senders:
-            s.stop()
-        await asyncio.gather(*tasks)
+        async with sending(*senders):
+            deadline = time.monotonic() + timeout
+            while not done():
+                assert time.monotonic() < deadline, "webhooks not delivered in time"
+                await asyncio.sleep(0.05)
 
     asyncio.run(scenario())
 
@@ -158,16 +168,12 @@ def run_until(senders: list[WebhookSender], done, timeout: float = 30.0) -> None
 def test_500_500_timeout_then_200_delivers_every_event_in_order_signed(
         hook_engine: sa.Engine) -> None:
     receiver = Receiver(script=[500, 500, "hang", 200], script_user=111, hang_seconds=1.5)
-    server = ServerThread(receiver.app)
-    server.start()
-    try:
+    with ServerThread(receiver.app) as server:
         made = make_events(hook_engine, {111: 4, 222: 3})
         metrics = process_metrics()
         sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook"), metrics)
         total = sum(len(ids) for ids in made.values())
         run_until([sender], lambda: len(receiver.accepted) >= total)
-    finally:
-        server.stop()
     for user, ids in made.items():
         assert receiver.accepted_of(user) == ids  # all, once each, in id order
     assert receiver.bad_signatures == 0
@@ -187,17 +193,15 @@ def test_a_receiver_that_was_down_gets_the_backlog_in_order(hook_engine: sa.Engi
     sender = WebhookSender(hook_engine, fast_config(f"http://127.0.0.1:{port}/hook"))
 
     async def scenario() -> None:
-        task = asyncio.create_task(sender.run())
-        await asyncio.sleep(1.0)  # connection refused, again and again
-        status = await asyncio.to_thread(webhook_queue.read_status, hook_engine)
-        assert status.pending == 12 and status.last_error is not None
-        await asyncio.to_thread(server.start)
-        deadline = time.monotonic() + 30
-        while len(receiver.accepted) < 12:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
-        sender.stop()
-        await task
+        async with sending(sender):
+            await asyncio.sleep(1.0)  # connection refused, again and again
+            status = await asyncio.to_thread(webhook_queue.read_status, hook_engine)
+            assert status.pending == 12 and status.last_error is not None
+            await asyncio.to_thread(server.start)
+            deadline = time.monotonic() + 30
+            while len(receiver.accepted) < 12:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
 
     try:
         asyncio.run(scenario())
@@ -210,16 +214,12 @@ def test_a_receiver_that_was_down_gets_the_backlog_in_order(hook_engine: sa.Engi
 def test_two_senders_share_the_work_one_event_in_flight_per_user(
         hook_engine: sa.Engine) -> None:
     receiver = Receiver()
-    server = ServerThread(receiver.app)
-    server.start()
-    try:
+    with ServerThread(receiver.app) as server:
         made = make_events(hook_engine, {u: 6 for u in range(1, 9)})
         senders = [WebhookSender(hook_engine, fast_config(f"{server.url}/hook",
                                                           concurrency=4))
                    for _ in range(2)]
         run_until(senders, lambda: len(receiver.accepted) >= 48)
-    finally:
-        server.stop()
     assert receiver.max_in_flight_per_user == 1
     assert len(receiver.requests) == 48  # every answer was 2xx: each event sent once
     for user, ids in made.items():
@@ -230,9 +230,7 @@ def test_an_event_failing_past_max_age_is_marked_failed_then_retried(
         hook_engine: sa.Engine, hook_db: str, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     receiver = Receiver(script=[500] * 1000)
-    server = ServerThread(receiver.app)
-    server.start()
-    try:
+    with ServerThread(receiver.app) as server:
         made = make_events(hook_engine, {111: 2})
         first, second = made[111]
         sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook", max_age=0.3))
@@ -257,8 +255,6 @@ def test_an_event_failing_past_max_age_is_marked_failed_then_retried(
         sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook"))
         run_until([sender], lambda: len(receiver.accepted) == 3)
         assert receiver.accepted[-1] == first
-    finally:
-        server.stop()
 
 
 def test_retry_refuses_unknown_and_malformed_ids(
@@ -428,15 +424,13 @@ def test_retry_while_an_event_is_in_flight_keeps_one_in_flight_per_user_in_order
     sender = WebhookSender(hook_engine, fast_config(f"{server.url}/hook", timeout=5.0))
 
     async def scenario() -> None:
-        task = asyncio.create_task(sender.run())
-        await asyncio.to_thread(_wait_for, lambda: len(receiver.requests) == 2)  # second: slow
-        queued = await asyncio.to_thread(webhook_queue.retry, hook_engine,
-                                         [int(first), int(second)], utcnow())
-        assert queued == 2
-        await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) >= 4)
-        await asyncio.sleep(0.3)  # nothing more comes
-        sender.stop()
-        await task
+        async with sending(sender):
+            await asyncio.to_thread(_wait_for, lambda: len(receiver.requests) == 2)  # second: slow
+            queued = await asyncio.to_thread(webhook_queue.retry, hook_engine,
+                                             [int(first), int(second)], utcnow())
+            assert queued == 2
+            await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) >= 4)
+            await asyncio.sleep(0.3)  # nothing more comes
 
     try:
         asyncio.run(scenario())
@@ -664,15 +658,13 @@ def test_a_retried_event_delivered_early_lets_the_next_ones_follow_at_once(
 
     async def scenario() -> None:
         sender = WebhookSender(hook_engine, config)
-        task = asyncio.create_task(sender.run())
-        first = int(made[111][0])
-        await asyncio.to_thread(_wait_for, lambda: waits()[first][0] == 1)  # failed once
-        # the first waits for its retry, and the two later events at least as long
-        assert all(at > utcnow() + timedelta(seconds=30) for _, at in waits().values())
-        await asyncio.to_thread(webhook_queue.retry, hook_engine, [first], utcnow())
-        await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 4)
-        sender.stop()
-        await task
+        async with sending(sender):
+            first = int(made[111][0])
+            await asyncio.to_thread(_wait_for, lambda: waits()[first][0] == 1)  # failed once
+            # the first waits for its retry, and the two later events at least as long
+            assert all(at > utcnow() + timedelta(seconds=30) for _, at in waits().values())
+            await asyncio.to_thread(webhook_queue.retry, hook_engine, [first], utcnow())
+            await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 4)
 
     try:
         asyncio.run(scenario())
@@ -729,12 +721,10 @@ def test_an_event_written_while_the_one_before_is_answered_is_sent_next(
     writer = threading.Thread(target=write_during_the_answer)
 
     async def scenario() -> None:
-        task = asyncio.create_task(sender.run())
-        await asyncio.to_thread(_wait_for, lambda: len(receiver.requests) == 1)
-        writer.start()
-        await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 2, 15.0)
-        sender.stop()
-        await task
+        async with sending(sender):
+            await asyncio.to_thread(_wait_for, lambda: len(receiver.requests) == 1)
+            writer.start()
+            await asyncio.to_thread(_wait_for, lambda: len(receiver.accepted) == 2, 15.0)
 
     try:
         asyncio.run(scenario())
