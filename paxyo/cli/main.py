@@ -134,8 +134,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         db = ops.read_database_status(engine)
         print(ops.format_status(db, ops.read_redis_status(client, settings, db.open_orders)))
     except (SQLAlchemyError, redis.RedisError) as exc:
-        print(f"paxyo status: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 1
+        return _failed("paxyo status", exc)
     finally:
         engine.dispose()
         client.close()
@@ -163,8 +162,7 @@ def cmd_failed(args: argparse.Namespace, settings: Settings) -> int:
               "nothing requeued (see `paxyo failed list`)", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
-        print(f"{command}: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 1
+        return _failed(command, exc)
     finally:
         client.close()
     print(f"requeued {len(requeued)} job(s)")
@@ -181,8 +179,6 @@ def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
     from paxyo.store.engine import open_engine
 
     command = f"paxyo webhooks {args.webhooks_command}"
-    if args.webhooks_command == "run":
-        return _run_webhooks(settings)
     ids: list[int] | None = None
     if args.webhooks_command == "retry":
         if args.all == bool(args.event_ids):
@@ -207,15 +203,14 @@ def cmd_webhooks(args: argparse.Namespace, settings: Settings) -> int:
               "nothing queued", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
-        print(f"{command}: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 1
+        return _failed(command, exc)
     finally:
         engine.dispose()
     print(f"queued {queued} event(s) for delivery")
     return 0
 
 
-def _run_webhooks(settings: Settings) -> int:
+def cmd_webhooks_run(args: argparse.Namespace, settings: Settings) -> int:
     import redis
 
     from monitoring.metrics import process_metrics
@@ -231,6 +226,12 @@ def _run_webhooks(settings: Settings) -> int:
         client.close()
         engine.dispose()
     return 0
+
+
+def _failed(command: str, exc: Exception) -> int:
+    """A store that failed, as one line naming the command; exit status 1."""
+    print(f"{command}: {type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+    return 1
 
 
 def _print_flush(line: str) -> None:
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = sub.add_parser("webhooks", help="signed event POSTs to PAXYO_WEBHOOK_URL")
     hooks_sub = hooks.add_subparsers(dest="webhooks_command", required=True, metavar="ACTION")
     hooks_run = hooks_sub.add_parser("run", help="the sender process (Procfile webhooks)")
-    hooks_run.set_defaults(func=cmd_webhooks)
+    hooks_run.set_defaults(func=cmd_webhooks_run)
     hooks_sub.add_parser("status", help="backlog, oldest undelivered, last error").set_defaults(
         func=cmd_webhooks)
     hooks_retry = hooks_sub.add_parser("retry", help="deliver events again")
