@@ -54,7 +54,7 @@ def run_shard(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
     return run_shards(ctx, [(provider, order_ids, token)])[0]
 
 
-@dataclass(eq=False)
+@dataclass
 class _Ready:
     """A claimed shard allowed to call its provider now."""
 
