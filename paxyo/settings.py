@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+_WHOLE = re.compile(r"[0-9]{1,12}")
+_DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
 _PROVIDER_VAR = re.compile(r"^PAXYO_PROVIDER_([A-Z0-9_]+)_(URL|KEY)$")
 
 
@@ -140,11 +142,12 @@ def _number(env: Mapping[str, str], values: dict[str, object], var: str, key: st
     if var not in env:
         return
     raw = env[var].strip()
-    try:
-        value = kind(raw)
-    except ValueError:
+    # ASCII digits only: int() and float() would also take "٣", "1_000", "1e3" and "nan"
+    pattern = _WHOLE if kind is int else _DECIMAL
+    if not pattern.fullmatch(raw):
         raise SettingsError(var, f"must be a {'whole ' if kind is int else ''}number, "
-                                 f"not {raw!r}") from None
+                                 f"not {raw!r}")
+    value = kind(raw)
     if not low <= value <= high:
         raise SettingsError(var, f"must be between {low:g} and {high:g}, not {raw}")
     values[key] = value

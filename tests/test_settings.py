@@ -79,3 +79,18 @@ def test_db_upgrade_is_repeatable(tmp_path):
                               timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert f"database at revision {HEAD}" in proc.stdout
+
+
+@pytest.mark.parametrize("var", ["PAXYO_SHARDS_PER_JOB", "PAXYO_WEBHOOK_TIMEOUT", "PORT",
+                                 "PAXYO_POLL_INTERVAL", "PAXYO_HISTORY_TTL"])
+@pytest.mark.parametrize("raw", ["٣", "\uff15", "1_0", "1e1", "nan", "inf", "1,5", "5\x00",
+                                 "9" * 400, "-3", "", "true", "0x10"])
+def test_numbers_are_ascii_digits_within_range(var: str, raw: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({var: raw})
+    assert caught.value.variable == var
+
+
+def test_the_new_numbers_take_their_values() -> None:
+    settings = Settings.from_env({"PAXYO_SHARDS_PER_JOB": " 7 ", "PAXYO_WEBHOOK_TIMEOUT": "2.5"})
+    assert settings.shards_per_job == 7 and settings.webhook_timeout == 2.5
