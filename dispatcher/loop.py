@@ -56,9 +56,13 @@ class Dispatcher:
             return []
         now = utcnow()
         room = self.queue_room() * self.settings.shards_per_job
-        shards = plan_shards(self.engine, now=now, poll_interval=self.settings.poll_interval,
-                             lease_seconds=queued_lease_seconds(self.settings), max_shards=room) \
-            if room > 0 else []
+        shards: list[Shard] = []
+        if room > 0:
+            with self.metrics.dispatcher_plan_seconds.time():
+                shards = plan_shards(self.engine, now=now,
+                                     poll_interval=self.settings.poll_interval,
+                                     lease_seconds=queued_lease_seconds(self.settings),
+                                     max_shards=room)
         if shards:
             self.enqueue(shards)
         if time.monotonic() - self._last_sweep >= SWEEP_EVERY:

@@ -67,6 +67,10 @@ class Metrics:
         self.shards_enqueued = Counter(
             "paxyo_dispatcher_shards_enqueued_total", "Shards (RQ jobs) enqueued by the leader",
             registry=registry)
+        self.dispatcher_plan_seconds = Histogram(
+            "paxyo_dispatcher_plan_seconds",
+            "Time the leader spends planning and leasing one tick's shards",
+            buckets=LATENCY_BUCKETS, registry=registry)
         self.dispatcher_leader = Gauge(
             "paxyo_dispatcher_leader", "1 while this dispatcher process holds the leadership",
             registry=registry)

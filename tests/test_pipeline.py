@@ -108,9 +108,12 @@ def test_dispatcher_puts_several_shards_in_each_job_most_overdue_first(queued_se
                                                                        engine):
     seed(engine, 1000)
     client = redis.Redis.from_url(queued_settings.redis_url)
+    metrics = process_metrics()
     dispatcher = Dispatcher(queued_settings.with_overrides(shards_per_job=4), engine, client,
-                            process_metrics())
+                            metrics)
     shards = dispatcher.tick()
+    planned = metrics.registry.get_sample_value("paxyo_dispatcher_plan_seconds_count")
+    assert planned == 1  # the tick's planning time is observed once
     jobs = Queue(queued_settings.queue_name, connection=client).get_jobs()
     assert [len(job.args[0]) for job in jobs] == [4, 4, 2]
     assert [token for job in jobs for _, _, token in job.args[0]] == [s.token for s in shards]
