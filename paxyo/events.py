@@ -7,6 +7,7 @@ receives, so the same event is always the same bytes wherever it is delivered fr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -17,7 +18,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.engine import Connection
 
 from paxyo.clock import iso_z
-from paxyo.ledger import lock_balance
+from paxyo.ledger import lock_balances
 from paxyo.money import format_money
 from paxyo.store.schema import outbox, webhook_deliveries
 
@@ -30,10 +31,12 @@ WEBHOOK_BEHIND = datetime(9999, 1, 1)
 ID_WIDTH = 16
 MAX_ID = 2**63 - 1  # the largest outbox id a BIGINT column holds
 _INSERT_EVENT = insert(outbox)  # built once: it runs for every change
+_INSERT_EVENTS = insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True)
 _INSERT_WEBHOOK = insert(webhook_deliveries)
-_ANY_PENDING_WEBHOOK = (select(webhook_deliveries.c.event_id)
-                        .where(webhook_deliveries.c.user_id == bindparam("p_uid"),
-                               webhook_deliveries.c.state == WEBHOOK_PENDING).limit(1))
+_PENDING_WEBHOOK_USERS = (
+    select(webhook_deliveries.c.user_id).distinct()
+    .where(webhook_deliveries.c.user_id.in_(bindparam("p_uids", expanding=True)),
+           webhook_deliveries.c.state == WEBHOOK_PENDING))
 
 
 def event_id(outbox_id: int) -> str:
@@ -69,17 +72,50 @@ def record_event(conn: Connection, user_id: int, type_: str, body: dict[str, Any
     takes it too when a user's first event leaves the queue, so that the event queued behind
     it is always seen and brought forward.
     """
-    payload = orjson.dumps({**body, "at": iso_z(at)})
-    result = conn.execute(_INSERT_EVENT, {"user_id": user_id, "type": type_, "payload": payload,
-                                          "created_at": at})
-    outbox_id = int(result.inserted_primary_key[0])
+    result = conn.execute(_INSERT_EVENT, _event_row(user_id, type_, body, at))
+    event = PendingEvent(outbox_id=int(result.inserted_primary_key[0]), user_id=user_id)
     if webhook:
-        lock_balance(conn, user_id)  # held already by every caller: costs nothing more
-        behind = conn.execute(_ANY_PENDING_WEBHOOK, {"p_uid": user_id}).first() is not None
-        conn.execute(_INSERT_WEBHOOK, {"event_id": outbox_id, "user_id": user_id,
-                                       "state": WEBHOOK_PENDING, "attempts": 0,
-                                       "next_attempt_at": WEBHOOK_BEHIND if behind else at})
-    return PendingEvent(outbox_id=outbox_id, user_id=user_id)
+        _queue_webhooks(conn, [event], at)
+    return event
+
+
+def record_events(conn: Connection, events: Sequence[tuple[int, str, dict[str, Any]]],
+                  at: datetime, *, webhook: bool = False) -> list[PendingEvent]:
+    """:func:`record_event` for several ``(user_id, type, body)`` at once, in one multi-row
+    INSERT whose ids come back in the given order (RETURNING; MySQL, which has none, gets an
+    INSERT per event). A user's events get ascending ids in the order given."""
+    if not events:
+        return []
+    if not conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+        return [record_event(conn, uid, type_, body, at, webhook=webhook)
+                for uid, type_, body in events]
+    rows = conn.execute(_INSERT_EVENTS, [_event_row(uid, type_, body, at)
+                                         for uid, type_, body in events]).all()
+    recorded = [PendingEvent(outbox_id=int(row.id), user_id=uid)
+                for row, (uid, _, _) in zip(rows, events, strict=True)]
+    if webhook:
+        _queue_webhooks(conn, recorded, at)
+    return recorded
+
+
+def _event_row(user_id: int, type_: str, body: dict[str, Any], at: datetime) -> dict[str, Any]:
+    return {"user_id": user_id, "type": type_, "payload": orjson.dumps({**body, "at": iso_z(at)}),
+            "created_at": at}
+
+
+def _queue_webhooks(conn: Connection, events: Sequence[PendingEvent], at: datetime) -> None:
+    """A webhook row per event: due now when it is its user's first pending one, otherwise
+    behind the one before it (see paxyo.webhook_queue)."""
+    users = sorted({e.user_id for e in events})
+    lock_balances(conn, users)  # held already by every caller: costs nothing more
+    behind = {row.user_id for row in conn.execute(_PENDING_WEBHOOK_USERS, {"p_uids": users})}
+    rows = []
+    for event in sorted(events, key=lambda e: e.outbox_id):
+        rows.append({"event_id": event.outbox_id, "user_id": event.user_id,
+                     "state": WEBHOOK_PENDING, "attempts": 0,
+                     "next_attempt_at": WEBHOOK_BEHIND if event.user_id in behind else at})
+        behind.add(event.user_id)
+    conn.execute(_INSERT_WEBHOOK, rows)
 
 
 def event_bytes(outbox_id: int, type_: str, payload: bytes) -> bytes:

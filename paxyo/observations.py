@@ -1,17 +1,17 @@
 """Applying provider status observations to orders, exactly once.
 
-One transaction applies a whole reply. For each changed order, in (user, order) order so that
-concurrent appliers take locks in the same order, it locks the order row, re-checks it,
-credits the refund top-up (if any) through the ledger, updates the balance and writes the
-outbox event; orders whose answer changes nothing are rescheduled in the same transaction.
-An order's status, refund, balance and event therefore commit together or not at all, and a
-shard costs one write transaction rather than one per changed order (on SQLite every write
-transaction queues for the same lock).
+One transaction applies a whole reply: its changes (each order's status, refund top-up through
+the ledger, balance and outbox event; see paxyo.change_writes, which locks orders and accounts
+in a fixed order so that concurrent appliers cannot deadlock), and the rescheduling of the
+orders whose answer changes nothing. An order's status, refund, balance and event therefore
+commit together or not at all, and a shard costs one write transaction rather than one per
+changed order (on SQLite every write transaction queues for the same lock).
 
 A missing id, a per-id error, an unknown status word or a Partial without numeric remains
-never changes money: the order stays open and is checked again. Each change runs in its own
-savepoint: one the database refuses (or that fails on the order's own stored data) is rolled
-back alone, counted as ``rejected`` and logged, and the order stays open; the rest commit.
+never changes money: the order stays open and is checked again. When the reply's changes
+fail together, they are applied again each in its own savepoint: one the database refuses (or
+that fails on the order's own stored data) is rolled back alone, counted as ``rejected`` and
+logged, and the order stays open; the rest commit.
 """
 
 from __future__ import annotations
@@ -21,17 +21,13 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 
 from sqlalchemy import Engine, and_, bindparam, or_, select, update
 from sqlalchemy.engine import Connection, Row
 
+from paxyo.change_writes import AppliedChange, write_change, write_changes
 from paxyo.clock import utcnow
-from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_event
-from paxyo.ledger import EntryKind, LedgerEntry, lock_balance, post_entry
 from paxyo.limits import MAX_REMAINS, is_provider_order_id
-from paxyo.money import to_money
-from paxyo.refunds import refund_target, refund_top_up
 from paxyo.schedule import next_check_at
 from paxyo.status_entries import EntryError, StatusEntry
 from paxyo.statuses import Status, StatusClass, normalise_status
@@ -44,29 +40,11 @@ OPEN = StatusClass.OPEN.value
 INVALID_ID = "invalid provider order id"  # review note of an order whose id is never sent
 
 
-# Built once: these run for every change (statement construction costs more than execution).
-_LOCK_ORDER = select(orders).where(orders.c.id == bindparam("p_oid")).with_for_update()
-_SET_STATUS = (
-    update(orders)
-    .where(orders.c.id == bindparam("p_oid"), orders.c.status == bindparam("p_old_status"),
-           orders.c.refunded == bindparam("p_old_refunded"))
-    .values(status=bindparam("p_status"), status_class=bindparam("p_class"),
-            remains=bindparam("p_remains"), refunded=bindparam("p_refunded"),
-            review_status=None, observed_at=bindparam("p_observed"),
-            changed_at=bindparam("p_now"), updated_at=bindparam("p_now"),
-            next_check_at=bindparam("p_next")))
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedChange:
-    order_id: int
-    user_id: int
-    previous_status: str
-    status: str
-    remains: int | None
-    refund: Decimal
-    balance: Decimal
-    event: PendingEvent
+# What deciding needs of each order (reading every column cost more than deciding).
+_READ = select(orders.c.id, orders.c.user_id, orders.c.status, orders.c.status_class,
+               orders.c.observed_at, orders.c.remains, orders.c.review_status,
+               orders.c.provider_order_id, orders.c.changed_at) \
+    .where(orders.c.id.in_(bindparam("p_oids", expanding=True)))
 
 
 @dataclass
@@ -173,21 +151,25 @@ def apply_observations(
     if not ids:
         return ApplyReport()
     with engine.connect() as conn:
-        rows = conn.execute(select(orders).where(orders.c.id.in_(ids))).all()
+        rows = conn.execute(_READ, {"p_oids": ids}).all()
     decisions = decide(rows, replies, observed_at)
     report = decisions.report
     if not decisions.pending and not decisions.touches and release is None:
         return report
 
     def run(conn: Connection, *, isolated: bool) -> list[AppliedChange | _Rejected | None]:
+        applied: list[AppliedChange | _Rejected | None]
         if isolated:
             applied = [_apply_alone(conn, row, status, remains, observed_at, decimals,
                                     poll_interval, webhook)
                        for row, status, remains in decisions.pending]
+        elif decisions.pending:
+            applied = list(write_changes(
+                conn, [(row.id, status, remains) for row, status, remains in decisions.pending],
+                observed_at=observed_at, decimals=decimals, poll_interval=poll_interval,
+                webhook=webhook))
         else:
-            applied = [_apply_change(conn, row.id, status, remains, observed_at, decimals,
-                                     poll_interval, webhook)
-                       for row, status, remains in decisions.pending]
+            applied = []
         refused = [_Touch(r.order_id, r.review_status) for r in applied
                    if isinstance(r, _Rejected)]
         if decisions.touches or refused:
@@ -196,9 +178,10 @@ def apply_observations(
             release(conn)
         return applied
 
-    # Every change in its own savepoint costs two statements per change; so first try the
-    # reply without them, and only when a change fails (not a lock conflict, which the
-    # transaction's own retry handles) apply it again with each change on its own.
+    # Every change in its own savepoint costs seven statements per change rather than a few
+    # per reply; so first write the reply's changes together, and only when that fails (not
+    # on a lock conflict, which the transaction's own retry handles) apply it again with each
+    # change on its own, so that the one that fails is set aside alone.
     try:
         outcome = transactional(engine, functools.partial(run, isolated=False))
     except Exception as exc:
@@ -238,8 +221,9 @@ def _apply_alone(conn: Connection, row: Row, status: Status, remains: int | None
     """
     try:
         with conn.begin_nested():
-            return _apply_change(conn, row.id, status, remains, observed_at, decimals,
-                                 poll_interval, webhook)
+            return write_change(conn, row.id, status, remains, observed_at=observed_at,
+                                decimals=decimals, poll_interval=poll_interval,
+                                webhook=webhook)
     except Exception as exc:
         if is_retryable(exc):
             raise
@@ -251,41 +235,6 @@ def _apply_alone(conn: Connection, row: Row, status: Status, remains: int | None
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
     return text.splitlines()[0][:300]
-
-
-def _apply_change(conn: Connection, order_id: int, status: Status, remains: int | None,
-                  observed_at: datetime, decimals: int, poll_interval: float,
-                  webhook: bool) -> AppliedChange | None:
-    row = conn.execute(_LOCK_ORDER, {"p_oid": order_id}).first()
-    if (row is None or row.status_class != OPEN
-            or (row.observed_at is not None and row.observed_at > observed_at)):
-        return None  # a concurrent applier got here first
-    if status.name == row.status and remains == row.remains:
-        return None
-    charge, refunded = to_money(row.charge, decimals), to_money(row.refunded, decimals)
-    target = refund_target(status.cls, charge, row.quantity, remains, decimals)
-    top_up = refund_top_up(target, refunded, charge)
-    now = utcnow()
-    locked = lock_balance(conn, row.user_id)
-    assert locked is not None, "an order always has an account"
-    balance = to_money(locked, decimals)
-    if top_up > 0:
-        balance = post_entry(conn, balance=balance, now=now, entry=LedgerEntry(
-            row.user_id, EntryKind.REFUND, top_up, f"refund:{order_id}:{refunded + top_up}",
-            order_id, status.name))
-    result = conn.execute(_SET_STATUS, {
-        "p_oid": order_id, "p_old_status": row.status, "p_old_refunded": row.refunded,
-        "p_status": status.name, "p_class": status.cls.value, "p_remains": remains,
-        "p_refunded": refunded + top_up, "p_observed": observed_at, "p_now": now,
-        "p_next": next_check_at(now, now, poll_interval)})
-    if result.rowcount != 1:
-        raise RuntimeError(f"order {order_id} changed under its row lock")
-    event = record_event(conn, row.user_id, ORDER_UPDATED, order_event_body(
-        order_id=order_id, user_id=row.user_id, status=status.name,
-        previous_status=row.status, remains=remains, quantity=row.quantity, refund=top_up,
-        balance=balance, decimals=decimals), now, webhook=webhook)
-    return AppliedChange(order_id, row.user_id, row.status, status.name, remains, top_up,
-                         balance, event)
 
 
 def _reschedule(conn: Connection, touches: list[_Touch], rows: list[Row],

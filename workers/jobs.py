@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 import redis
 from rq import get_current_job
 
+from paxyo.change_writes import AppliedChange
 from paxyo.clock import utcnow
 from paxyo.leases import claim, defer, releaser
 from paxyo.limits import is_provider_order_id
-from paxyo.observations import AppliedChange, apply_observations, refund_line
+from paxyo.observations import apply_observations, refund_line
 from paxyo.shard_policy import running_lease_seconds
 from paxyo.status_entries import EntryError, StatusEntry
 from providers.client import ProviderUnavailable

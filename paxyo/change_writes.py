@@ -1,0 +1,177 @@
+"""Writing a reply's status changes: each order's status, refund, balance and event together.
+
+Two ways, with the same checks and the same results. :func:`write_changes` writes a whole
+reply with a handful of multi-row statements, whatever the number of changes: lock the changed
+orders (ascending id), lock their users' accounts (ascending user id, the order every caller
+that locks several accounts uses), then one statement each for the ledger entries, the
+balances, the orders and the outbox rows. The statements, not the rows, are what cost a
+worker's CPU, so this is the fast path. :func:`write_change` writes one change with its own
+statements, for the fallback that gives each change its own savepoint (see
+paxyo.observations).
+
+Each change is re-checked under its row lock: an order already closed, or observed later by
+someone else, is left alone (None), so that a change is applied exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection, Row
+
+from paxyo.clock import utcnow
+from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_event, record_events
+from paxyo.ledger import EntryKind, LedgerEntry, lock_balance, lock_balances, post_entries
+from paxyo.money import to_money
+from paxyo.refunds import refund_target, refund_top_up
+from paxyo.schedule import next_check_at
+from paxyo.statuses import Status, StatusClass
+from paxyo.store.schema import orders
+
+OPEN = StatusClass.OPEN.value
+
+# What a change needs of its order, read under the row lock.
+_LOCKED_COLUMNS = (orders.c.id, orders.c.user_id, orders.c.status, orders.c.status_class,
+                   orders.c.observed_at, orders.c.remains, orders.c.charge, orders.c.refunded,
+                   orders.c.quantity)
+# Built once: these run for every reply (statement construction costs more than execution).
+_LOCK_ORDER = select(*_LOCKED_COLUMNS).where(orders.c.id == bindparam("p_oid")).with_for_update()
+_LOCK_ORDERS = (select(*_LOCKED_COLUMNS)
+                .where(orders.c.id.in_(bindparam("p_oids", expanding=True)))
+                .order_by(orders.c.id).with_for_update())
+_SET_STATUS = (
+    update(orders)
+    .where(orders.c.id == bindparam("p_oid"), orders.c.status == bindparam("p_old_status"),
+           orders.c.refunded == bindparam("p_old_refunded"))
+    .values(status=bindparam("p_status"), status_class=bindparam("p_class"),
+            remains=bindparam("p_remains"), refunded=bindparam("p_refunded"),
+            review_status=None, observed_at=bindparam("p_observed"),
+            changed_at=bindparam("p_now"), updated_at=bindparam("p_now"),
+            next_check_at=bindparam("p_next")))
+
+Pending = tuple[int, Status, int | None]  # (order id, new status, remains)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedChange:
+    order_id: int
+    user_id: int
+    previous_status: str
+    status: str
+    remains: int | None
+    refund: Decimal
+    balance: Decimal
+    event: PendingEvent
+
+
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """One change worked out against its locked order row, before any write."""
+
+    row: Row
+    status: Status
+    remains: int | None
+    refunded: Decimal  # before this change
+    top_up: Decimal
+
+
+def write_changes(conn: Connection, pending: Sequence[Pending], *, observed_at: datetime,
+                  decimals: int, poll_interval: float,
+                  webhook: bool) -> list[AppliedChange | None]:
+    """Write ``pending`` (ordered by user, then order) in a few multi-row statements; one
+    result per change, None where the order had moved on."""
+    locked = {row.id: row for row in conn.execute(
+        _LOCK_ORDERS, {"p_oids": [order_id for order_id, _, _ in pending]})}
+    settled = [_settle(locked.get(order_id), status, remains, observed_at, decimals)
+               for order_id, status, remains in pending]
+    live = [s for s in settled if s is not None]
+    if not live:
+        return [None] * len(settled)
+    now = utcnow()
+    balances = {uid: to_money(balance, decimals) for uid, balance in
+                lock_balances(conn, (s.row.user_id for s in live)).items()}
+    assert len(balances) == len({s.row.user_id for s in live}), "an order always has an account"
+    running = dict(balances)
+    after = iter(post_entries(conn, balances=balances, now=now,
+                              entries=[_refund_entry(s) for s in live if s.top_up > 0]))
+    shown: dict[int, Decimal] = {}  # each event shows the balance as of its own change
+    for s in live:
+        if s.top_up > 0:
+            running[s.row.user_id] = next(after)
+        shown[s.row.id] = running[s.row.user_id]
+    result = conn.execute(_SET_STATUS, [_status_params(s, observed_at, now, poll_interval)
+                                        for s in live])
+    if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(live):
+        raise RuntimeError("an order changed under its row lock")
+    events = iter(record_events(conn, [
+        (s.row.user_id, ORDER_UPDATED, _event_body(s, shown[s.row.id], decimals)) for s in live],
+        now, webhook=webhook))
+    return [None if s is None else _applied(s, shown[s.row.id], next(events)) for s in settled]
+
+
+def write_change(conn: Connection, order_id: int, status: Status, remains: int | None, *,
+                 observed_at: datetime, decimals: int, poll_interval: float,
+                 webhook: bool) -> AppliedChange | None:
+    """One change with its own statements (lock order, lock account, ledger entry and
+    balance if it refunds, order, outbox row)."""
+    s = _settle(conn.execute(_LOCK_ORDER, {"p_oid": order_id}).first(), status, remains,
+                observed_at, decimals)
+    if s is None:
+        return None
+    now = utcnow()
+    locked = lock_balance(conn, s.row.user_id)
+    assert locked is not None, "an order always has an account"
+    balance = to_money(locked, decimals)
+    if s.top_up > 0:
+        balance = post_entries(conn, balances={s.row.user_id: balance}, now=now,
+                               entries=[_refund_entry(s)])[0]
+    result = conn.execute(_SET_STATUS, _status_params(s, observed_at, now, poll_interval))
+    if result.rowcount != 1:
+        raise RuntimeError(f"order {order_id} changed under its row lock")
+    event = record_event(conn, s.row.user_id, ORDER_UPDATED, _event_body(s, balance, decimals),
+                         now, webhook=webhook)
+    return _applied(s, balance, event)
+
+
+def _settle(row: Row | None, status: Status, remains: int | None, observed_at: datetime,
+            decimals: int) -> _Settled | None:
+    """The change against the order as locked, or None when there is nothing to write."""
+    if (row is None or row.status_class != OPEN
+            or (row.observed_at is not None and row.observed_at > observed_at)):
+        return None  # a concurrent applier got here first
+    if status.name == row.status and remains == row.remains:
+        return None
+    charge, refunded = to_money(row.charge, decimals), to_money(row.refunded, decimals)
+    target = refund_target(status.cls, charge, row.quantity, remains, decimals)
+    return _Settled(row, status, remains, refunded, refund_top_up(target, refunded, charge))
+
+
+def _refund_entry(s: _Settled) -> LedgerEntry:
+    order_id = s.row.id
+    return LedgerEntry(s.row.user_id, EntryKind.REFUND, s.top_up,
+                       f"refund:{order_id}:{s.refunded + s.top_up}", order_id, s.status.name)
+
+
+def _status_params(s: _Settled, observed_at: datetime, now: datetime,
+                   poll_interval: float) -> dict[str, Any]:
+    return {"p_oid": s.row.id, "p_old_status": s.row.status, "p_old_refunded": s.row.refunded,
+            "p_status": s.status.name, "p_class": s.status.cls.value, "p_remains": s.remains,
+            "p_refunded": s.refunded + s.top_up, "p_observed": observed_at, "p_now": now,
+            "p_next": next_check_at(now, now, poll_interval)}
+
+
+def _event_body(s: _Settled, balance: Decimal, decimals: int) -> dict[str, Any]:
+    return order_event_body(order_id=s.row.id, user_id=s.row.user_id, status=s.status.name,
+                            previous_status=s.row.status, remains=s.remains,
+                            quantity=s.row.quantity, refund=s.top_up, balance=balance,
+                            decimals=decimals)
+
+
+def _applied(s: _Settled, balance: Decimal, event: PendingEvent) -> AppliedChange:
+    return AppliedChange(s.row.id, s.row.user_id, s.row.status, s.status.name, s.remains,
+                         s.top_up, balance, event)
