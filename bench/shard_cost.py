@@ -152,6 +152,7 @@ def measure(settings: Settings, count: int, show_profile: bool) -> None:
           f"{rest / cpu:.0%} |")
     if show_profile:
         stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(r"/(paxyo|workers|providers|dispatcher)/", 45)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,8 @@ def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_se
     """
     window = poll_interval / 2
     cuts: list[tuple[str, list[int]]] = []
+    if max_shards is not None:  # the most overdue orders fill at most this many shards
+        max_due = min(max_due, max_shards * SHARD_SIZE)
     due = due_orders(engine, now, max_due)
     grouped = by_provider(due)
     order_rank = {oid: rank for rank, (_, oid) in enumerate(due)}  # across providers

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, or_, select, update
+from sqlalchemy import ColumnElement, Engine, bindparam, or_, select, update
 from sqlalchemy.engine import Connection
 
 from paxyo.statuses import StatusClass
@@ -36,22 +36,38 @@ def still_open() -> ColumnElement[bool]:
     return (orders.c.status_class + "") == OPEN
 
 
+# Built once: these run for every shard (building a statement costs more than running it).
+_LEASE = (update(orders)
+          .where(orders.c.id.in_(bindparam("p_oids", expanding=True)), still_open(),
+                 or_(orders.c.lease_until.is_(None), orders.c.lease_until < bindparam("p_now")))
+          .values(lease_until=bindparam("p_until"), lease_token=bindparam("p_token")))
+_LEASED = (select(orders.c.id).where(orders.c.lease_token == bindparam("p_token"))
+           .order_by(orders.c.id))
+_EXTEND = (update(orders)
+           .where(orders.c.lease_token == bindparam("p_token"),
+                  orders.c.id.in_(bindparam("p_oids", expanding=True)))
+           .values(lease_until=bindparam("p_until")))
+_CLAIMED = select(orders.c.id, orders.c.provider_order_id).where(
+    orders.c.lease_token == bindparam("p_token"), still_open())
+_RELEASE = (update(orders).where(orders.c.lease_token == bindparam("p_token"))
+            .values(lease_until=None, lease_token=None))
+_DEFER = (update(orders).where(orders.c.lease_token == bindparam("p_token"))
+          .values(lease_until=None, lease_token=None, next_check_at=bindparam("p_next")))
+
+
 def lease(conn: Connection, order_ids: Sequence[int], now: datetime,
           until: datetime) -> tuple[str, tuple[int, ...]]:
     """Lease the still-open, still-free orders among ``order_ids`` under a new token, in the
     caller's transaction. Returns the token and the leased ids (ascending; maybe none)."""
     token = uuid.uuid4().hex
-    conn.execute(update(orders)
-                 .where(orders.c.id.in_(order_ids), still_open(), lease_free(now))
-                 .values(lease_until=until, lease_token=token))
-    return token, tuple(r.id for r in conn.execute(
-        select(orders.c.id).where(orders.c.lease_token == token).order_by(orders.c.id)))
+    conn.execute(_LEASE, {"p_oids": list(order_ids), "p_now": now, "p_until": until,
+                          "p_token": token})
+    return token, tuple(conn.execute(_LEASED, {"p_token": token}).scalars())
 
 
 def releaser(token: str) -> Callable[[Connection], object]:
     """The release of ``token``'s leases, to run inside a caller's transaction."""
-    return lambda conn: conn.execute(update(orders).where(orders.c.lease_token == token)
-                                     .values(lease_until=None, lease_token=None))
+    return lambda conn: conn.execute(_RELEASE, {"p_token": token})
 
 
 def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,
@@ -62,18 +78,13 @@ def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,
     """
 
     def run(conn: Connection) -> dict[int, str]:
-        conn.execute(update(orders)
-                     .where(orders.c.lease_token == token, orders.c.id.in_(order_ids))
-                     .values(lease_until=now + timedelta(seconds=hold_seconds)))
-        return {r.id: r.provider_order_id for r in conn.execute(
-            select(orders.c.id, orders.c.provider_order_id)
-            .where(orders.c.lease_token == token, still_open()))}
+        conn.execute(_EXTEND, {"p_token": token, "p_oids": list(order_ids),
+                               "p_until": now + timedelta(seconds=hold_seconds)})
+        return dict(conn.execute(_CLAIMED, {"p_token": token}).tuples().all())
 
     return transactional(engine, run)
 
 
 def defer(engine: Engine, token: str, until: datetime) -> None:
     """Release a shard's orders without checking them, to be due again at ``until``."""
-    transactional(engine, lambda conn: conn.execute(
-        update(orders).where(orders.c.lease_token == token)
-        .values(lease_until=None, lease_token=None, next_check_at=until)))
+    transactional(engine, lambda conn: conn.execute(_DEFER, {"p_token": token, "p_next": until}))

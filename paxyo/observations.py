@@ -46,6 +46,13 @@ _READ = select(orders.c.id, orders.c.user_id, orders.c.status, orders.c.status_c
                orders.c.provider_order_id, orders.c.changed_at) \
     .where(orders.c.id.in_(bindparam("p_oids", expanding=True)))
 
+_RESCHEDULE = (update(orders)
+               .where(and_(orders.c.id == bindparam("oid"), orders.c.status_class == OPEN,
+                           or_(orders.c.observed_at.is_(None),
+                               orders.c.observed_at <= bindparam("obs"))))
+               .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
+                       review_status=bindparam("review")))
+
 
 @dataclass
 class ApplyReport:
@@ -242,16 +249,9 @@ def _reschedule(conn: Connection, touches: list[_Touch], rows: list[Row],
     """Record that these orders were checked and when to check them next, in one statement."""
     changed_at = {row.id: row.changed_at for row in rows}
     now = utcnow()
-    params = [{"oid": t.order_id, "review": t.review_status, "obs": observed_at,
-               "next": next_check_at(now, changed_at[t.order_id], poll_interval)}
-              for t in touches]
-    stmt = (update(orders)
-            .where(and_(orders.c.id == bindparam("oid"), orders.c.status_class == OPEN,
-                        or_(orders.c.observed_at.is_(None),
-                            orders.c.observed_at <= bindparam("obs"))))
-            .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
-                    review_status=bindparam("review")))
-    conn.execute(stmt, params)
+    conn.execute(_RESCHEDULE, [
+        {"oid": t.order_id, "review": t.review_status, "obs": observed_at,
+         "next": next_check_at(now, changed_at[t.order_id], poll_interval)} for t in touches])
 
 
 def refund_line(change: AppliedChange) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.engine import Row
 
 from paxyo.clock import epoch_ms, utcnow
@@ -73,6 +73,19 @@ return 1
 
 STREAM_MAXLEN = 100_000
 
+# Built once: these run after every commit that wrote events.
+_UNPUBLISHED_OF_USERS = (
+    select(outbox)
+    .where(outbox.c.published_at.is_(None),
+           outbox.c.user_id.in_(select(outbox.c.user_id).where(
+               outbox.c.id.in_(bindparam("p_ids", expanding=True)))),
+           outbox.c.id <= bindparam("p_max"))
+    .order_by(outbox.c.id))
+_MARK_PUBLISHED = (update(outbox)
+                   .where(outbox.c.id.in_(bindparam("p_ids", expanding=True)),
+                          outbox.c.published_at.is_(None))
+                   .values(published_at=bindparam("p_now")))
+
 
 @dataclass(frozen=True)
 class RelayConfig:
@@ -106,12 +119,8 @@ class OutboxRelay:
         if not outbox_ids:
             return 0
         with self.engine.connect() as conn:
-            users = select(outbox.c.user_id).where(outbox.c.id.in_(list(outbox_ids)))
-            rows = conn.execute(
-                select(outbox).where(outbox.c.published_at.is_(None),
-                                     outbox.c.user_id.in_(users),
-                                     outbox.c.id <= max(outbox_ids))
-                .order_by(outbox.c.id)).all()
+            rows = conn.execute(_UNPUBLISHED_OF_USERS, {"p_ids": list(outbox_ids),
+                                                        "p_max": max(outbox_ids)}).all()
         return self._publish_rows(rows) if rows else 0
 
     def sweep(self, *, older_than: float = 2.0, batch: int = 500) -> int:
@@ -169,8 +178,7 @@ class OutboxRelay:
         ids = [row.id for row in rows]
         now = utcnow()
         transactional(self.engine, lambda conn: conn.execute(
-            update(outbox).where(outbox.c.id.in_(ids), outbox.c.published_at.is_(None))
-            .values(published_at=now)))
+            _MARK_PUBLISHED, {"p_ids": ids, "p_now": now}))
         if self.on_published is not None and added:
             self.on_published(added)
         if added < len(rows):
