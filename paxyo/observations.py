@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,8 +28,9 @@ from sqlalchemy.engine import Connection, Row
 
 from paxyo.change_writes import AppliedChange, write_change, write_changes
 from paxyo.clock import utcnow
+from paxyo.leases import still_open
 from paxyo.limits import MAX_REMAINS, is_provider_order_id
-from paxyo.schedule import next_check_at
+from paxyo.schedule import next_checks
 from paxyo.status_entries import EntryError, StatusEntry
 from paxyo.statuses import Status, StatusClass, normalise_status
 from paxyo.store.engine import is_retryable, transactional
@@ -46,12 +48,18 @@ _READ = select(orders.c.id, orders.c.user_id, orders.c.status, orders.c.status_c
                orders.c.provider_order_id, orders.c.changed_at) \
     .where(orders.c.id.in_(bindparam("p_oids", expanding=True)))
 
-_RESCHEDULE = (update(orders)
-               .where(and_(orders.c.id == bindparam("oid"), orders.c.status_class == OPEN,
-                           or_(orders.c.observed_at.is_(None),
-                               orders.c.observed_at <= bindparam("obs"))))
+# still_open(): an index on status_class must not serve these (SQLite would scan every open
+# order for each statement; see paxyo.leases)
+_STILL_CHECKABLE = and_(still_open(),
+                        or_(orders.c.observed_at.is_(None),
+                            orders.c.observed_at <= bindparam("obs")))
+_RESCHEDULE = (update(orders).where(orders.c.id == bindparam("oid"), _STILL_CHECKABLE)
                .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
                        review_status=bindparam("review")))
+_RESCHEDULE_ALIKE = (update(orders)
+                     .where(orders.c.id.in_(bindparam("oids", expanding=True)), _STILL_CHECKABLE)
+                     .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
+                             review_status=bindparam("review")))
 
 
 @dataclass
@@ -246,12 +254,25 @@ def _first_line(exc: BaseException) -> str:
 
 def _reschedule(conn: Connection, touches: list[_Touch], rows: list[Row],
                 observed_at: datetime, poll_interval: float) -> None:
-    """Record that these orders were checked and when to check them next, in one statement."""
+    """Record that these orders were checked and when to check them next.
+
+    One statement per (review note, next check) that several orders share (orders unchanged
+    for long share both), and one multi-row statement for the rest.
+    """
     changed_at = {row.id: row.changed_at for row in rows}
-    now = utcnow()
-    conn.execute(_RESCHEDULE, [
-        {"oid": t.order_id, "review": t.review_status, "obs": observed_at,
-         "next": next_check_at(now, changed_at[t.order_id], poll_interval)} for t in touches])
+    next_at = next_checks(utcnow(), poll_interval)
+    groups: dict[tuple[str | None, datetime], list[int]] = defaultdict(list)
+    for t in touches:
+        groups[(t.review_status, next_at(changed_at[t.order_id]))].append(t.order_id)
+    singles = []
+    for (review, when), ids in groups.items():
+        params = {"review": review, "obs": observed_at, "next": when}
+        if len(ids) == 1:
+            singles.append({**params, "oid": ids[0]})
+        else:
+            conn.execute(_RESCHEDULE_ALIKE, {**params, "oids": ids})
+    if singles:
+        conn.execute(_RESCHEDULE, singles)
 
 
 def refund_line(change: AppliedChange) -> str:

@@ -9,6 +9,7 @@ back to the ceiling the longer an order stays unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 
@@ -37,3 +38,22 @@ def next_check_delay(poll_interval: float, unchanged_for: float) -> float:
 def next_check_at(now: datetime, changed_at: datetime, poll_interval: float) -> datetime:
     unchanged_for = max(0.0, (now - changed_at).total_seconds())
     return now + timedelta(seconds=next_check_delay(poll_interval, unchanged_for))
+
+
+def next_checks(now: datetime, poll_interval: float) -> Callable[[datetime], datetime]:
+    """:func:`next_check_at` for many orders checked at ``now``: by their ``changed_at``.
+
+    Orders unchanged for twice the ceiling or longer (most open orders) all get the same
+    time, without the arithmetic; the :func:`paxyo.observations` rescheduling then writes
+    them with one statement.
+    """
+    ceiling = poll_interval - dispatch_allowance(poll_interval)
+    settled_before = now - timedelta(seconds=2 * ceiling)
+    at_ceiling = now + timedelta(seconds=ceiling)
+
+    def next_at(changed_at: datetime) -> datetime:
+        if changed_at <= settled_before:
+            return at_ceiling
+        return next_check_at(now, changed_at, poll_interval)
+
+    return next_at

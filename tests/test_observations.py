@@ -4,8 +4,9 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 
+import orjson
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from dispatcher.planner import plan_shards
 from paxyo.accounts import deposit, get_balance
@@ -13,7 +14,7 @@ from paxyo.clock import utcnow
 from paxyo.ledger import ledger_mismatches
 from paxyo.observations import apply_observations
 from paxyo.orders import NewOrder, get_order, place_order
-from paxyo.store.schema import orders
+from paxyo.store.schema import orders, outbox
 from providers.replies import StatusEntry, parse_multi_status, parse_remains
 
 D = Decimal
@@ -119,3 +120,62 @@ def test_a_stored_id_with_commas_is_never_sent_and_the_call_carries_at_most_100_
 @pytest.fixture
 def queued_settings(settings, redis_prefix):
     return settings.with_overrides(queue_name=f"{redis_prefix}-q")
+
+
+def test_one_reply_with_many_changes_of_two_users_writes_each_event_in_order(any_engine):
+    """The batched writes: each user's events get ascending ids, each showing the balance as
+    of its own change, and the users' ledgers still add up."""
+    deposit(any_engine, 5, D("100.00"), "seed-5", 2)
+    deposit(any_engine, 3, D("100.00"), "seed-3", 2)
+    for oid in range(1, 9):
+        place_order(any_engine, NewOrder(oid, 5 if oid % 2 else 3, "sim", str(7000 + oid),
+                                         1000, D("10.00")), decimals=2, poll_interval=30)
+    replies = {str(7000 + oid): StatusEntry("Canceled", 1000, None, None) for oid in (1, 2, 3)}
+    replies["7004"] = StatusEntry("Partial", 250, None, None)
+    replies["7005"] = StatusEntry("In progress", 900, None, None)  # changes, refunds nothing
+    replies["7007"] = StatusEntry("Partial", 100, None, None)
+    report = apply(any_engine, replies, range(1, 9))
+    assert len(report.changes) == 6
+    with any_engine.connect() as conn:
+        rows = conn.execute(select(outbox).where(outbox.c.type == "order.updated")
+                            .order_by(outbox.c.id)).all()
+        assert ledger_mismatches(conn) == []
+    by_user: dict[int, list[tuple[int, str, str]]] = {}
+    for row in rows[-6:]:
+        body = orjson.loads(row.payload)
+        by_user.setdefault(body["user_id"], []).append(
+            (body["order_id"], body["refund"], body["balance"]))
+    # user 5 (orders 1, 3, 5, 7) had 60.00 left after four charges; user 3 (2, 4) 60.00
+    assert by_user[5] == [(1, "10.00", "70.00"), (3, "10.00", "80.00"), (5, "0.00", "80.00"),
+                          (7, "1.00", "81.00")]
+    assert by_user[3] == [(2, "10.00", "70.00"), (4, "2.50", "72.50")]
+    assert get_balance(any_engine, 5) == D("81.00") and get_balance(any_engine, 3) == D("72.50")
+    assert [c.event.outbox_id for c in report.changes] == sorted(
+        c.event.outbox_id for c in report.changes)
+    assert apply(any_engine, replies, range(1, 9)).changes == []  # exactly once
+
+
+def test_orders_of_different_ages_are_each_rescheduled_by_their_own_age(any_engine):
+    seed(any_engine, 6)
+    now = utcnow()
+    ages = {1: 3600, 2: 3600, 3: 20, 4: 40, 5: 3600, 6: 40}  # seconds since the last change
+    with any_engine.begin() as conn:
+        for oid, age in ages.items():
+            conn.execute(update(orders).where(orders.c.id == oid)
+                         .values(changed_at=now - timedelta(seconds=age)))
+    replies = {str(7000 + oid): StatusEntry("Pending", 1000, None, None) for oid in range(1, 7)}
+    replies["7002"] = StatusEntry("Fail", None, None, None)  # unknown: kept for review
+    del replies["7005"]  # no answer
+    report = apply(any_engine, replies, range(1, 7))
+    assert (report.unchanged, report.unknown, report.no_answer) == (4, 1, 1)
+    with any_engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(orders))}
+    delay = {oid: (rows[oid].next_check_at - rows[oid].observed_at).total_seconds()
+             for oid in ages}
+    # half the unchanged time, between 7.5 s and 28 s (poll interval 30); MySQL keeps whole
+    # seconds
+    assert delay[1] == delay[2] == delay[5] == pytest.approx(28, abs=1)
+    assert delay[3] == pytest.approx(10, abs=1)
+    assert delay[4] == delay[6] == pytest.approx(20, abs=1)
+    assert rows[2].review_status == "Fail" and rows[1].review_status is None
+    assert all(rows[oid].observed_at is not None for oid in ages)

@@ -5,7 +5,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from paxyo.schedule import first_check_delay, min_interval, next_check_at, next_check_delay
+from paxyo.schedule import (
+    first_check_delay,
+    min_interval,
+    next_check_at,
+    next_check_delay,
+    next_checks,
+)
 
 NOW = datetime(2026, 11, 30, 12, 0, 0)
 
@@ -36,3 +42,11 @@ def test_an_order_falls_due_early_enough_to_be_asked_within_the_interval(poll, c
 
 def test_a_change_stamped_in_the_future_counts_as_just_changed():
     assert next_check_at(NOW, NOW + timedelta(seconds=90), 30) == NOW + timedelta(seconds=7.5)
+
+
+@pytest.mark.parametrize("poll", [1, 4, 15, 30, 300])
+def test_next_checks_for_many_orders_agrees_with_next_check_at(poll):
+    next_at = next_checks(NOW, poll)
+    for seconds in (0, 0.5, 1, 3, 7, 13.4, 13.5, 20, 26.9, 27, 28, 56, 57, 600, 599.6, 86_400):
+        changed_at = NOW - timedelta(seconds=seconds)
+        assert next_at(changed_at) == next_check_at(NOW, changed_at, poll), seconds
