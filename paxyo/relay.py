@@ -10,12 +10,14 @@ after Redis accepted them; the sweeper picks up whatever a crash left behind.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 import redis
+from redis.exceptions import NoScriptError
 from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.engine import Row
 
@@ -28,7 +30,8 @@ from paxyo.store.schema import outbox
 log = logging.getLogger("paxyo.relay")
 
 # KEYS: events stream, history, history times, floor hash, last-published hash
-# ARGV: outbox id, user id, created ms, payload, stream maxlen, history size, min created ms
+# ARGV: outbox id, user id, created ms, payload, stream maxlen, history size, min created ms,
+#       history TTL in seconds (both history keys get it, as every publish refreshes them)
 # The floor is the highest id no longer replayable; when a history expired as a whole, every
 # id up to the last one published for that user is gone too.
 _PUBLISH = """
@@ -68,6 +71,8 @@ if trimmed > 0 then
   redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[6]) + 1))
   if trimmed > floor then redis.call('HSET', KEYS[4], ARGV[2], trimmed) end
 end
+redis.call('EXPIRE', KEYS[2], ARGV[8])
+redis.call('EXPIRE', KEYS[3], ARGV[8])
 return 1
 """
 
@@ -105,7 +110,7 @@ class OutboxRelay:
         self.redis = redis_client
         self.config = config
         self.on_published = on_published
-        self._script = redis_client.register_script(_PUBLISH)
+        self._sha = hashlib.sha1(_PUBLISH.encode()).hexdigest()  # loaded on first use
 
     def publish_ids(self, outbox_ids: Sequence[int]) -> int:
         """Publish these rows (just committed); returns how many were new to Redis.
@@ -151,30 +156,41 @@ class OutboxRelay:
             after = rows[-1].id
         return total
 
+    def _run_script(self, calls: list[tuple[object, ...]]) -> list[object]:
+        """The publish script once per call (5 keys, then its arguments), in one pipeline.
+
+        By its SHA: redis-py's script objects ask Redis whether the script is loaded before
+        every pipeline, a round trip per publish. Should Redis have lost it (a restart), it
+        is loaded again and the pipeline repeated, which the script makes harmless.
+        """
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(self._sha, 5, *call)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                self._sha = self.redis.script_load(_PUBLISH)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def backlog(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(outbox)
                                     .where(outbox.c.published_at.is_(None))).scalar_one())
 
     def _publish_rows(self, rows: Sequence[Row]) -> int:
-        keys = self.config.keys
-        min_ms = epoch_ms(utcnow()) - int(self.config.history_ttl * 1000)
-        pipe = self.redis.pipeline(transaction=False)
-        for row in rows:
-            created_ms = epoch_ms(row.created_at)
-            self._script(
-                keys=[keys.events, keys.history(row.user_id), keys.history_times(row.user_id),
-                      keys.history_floor, keys.history_last],
-                args=[row.id, row.user_id, created_ms,
-                      event_bytes(row.id, row.type, row.payload), self.config.stream_maxlen,
-                      self.config.history_size, min_ms],
-                client=pipe)
-        ttl = int(self.config.history_ttl) + 60
-        for user_id in {row.user_id for row in rows}:
-            pipe.expire(keys.history(user_id), ttl)
-            pipe.expire(keys.history_times(user_id), ttl)
-        results = pipe.execute()
-        added = sum(1 for r in results[: len(rows)] if r == 1)
+        keys, config = self.config.keys, self.config
+        min_ms = epoch_ms(utcnow()) - int(config.history_ttl * 1000)
+        ttl = int(config.history_ttl) + 60
+        results = self._run_script([
+            (keys.events, keys.history(row.user_id), keys.history_times(row.user_id),
+             keys.history_floor, keys.history_last,
+             row.id, row.user_id, epoch_ms(row.created_at),
+             event_bytes(row.id, row.type, row.payload), config.stream_maxlen,
+             config.history_size, min_ms, ttl) for row in rows])
+        added = sum(1 for r in results if r == 1)
         ids = [row.id for row in rows]
         now = utcnow()
         transactional(self.engine, lambda conn: conn.execute(

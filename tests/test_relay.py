@@ -75,3 +75,19 @@ def test_the_sweeper_publishes_by_id_not_by_creation_time(engine, redis_url, red
     assert relay.sweep(older_than=30) == 2
     assert stream_ids(redis_url, redis_prefix) == [earlier.outbox_id, later.outbox_id]
     assert relay.backlog() == 0
+
+
+def test_publishing_after_redis_lost_its_scripts_loads_the_script_again(
+        engine, redis_url, redis_prefix):
+    relay = relay_for(engine, redis_url, redis_prefix, history_ttl=600)
+    first = deposit(engine, 111, Decimal("1.00"), "a", 2).event
+    assert relay.publish_ids([first.outbox_id]) == 1
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()  # as a Redis restart does
+    second = deposit(engine, 111, Decimal("2.00"), "b", 2).event
+    assert relay.publish_ids([second.outbox_id]) == 1
+    assert stream_ids(redis_url, redis_prefix) == [first.outbox_id, second.outbox_id]
+    keys = Keys(redis_prefix)
+    for key in (keys.history(111), keys.history_times(111)):  # refreshed by each publish
+        assert 600 < client.ttl(key) <= 660
+    assert relay.backlog() == 0
