@@ -44,11 +44,11 @@ _LEASE = (update(orders)
 _LEASED = (select(orders.c.id).where(orders.c.lease_token == bindparam("p_token"))
            .order_by(orders.c.id))
 _EXTEND = (update(orders)
-           .where(orders.c.lease_token == bindparam("p_token"),
+           .where(orders.c.lease_token.in_(bindparam("p_tokens", expanding=True)),
                   orders.c.id.in_(bindparam("p_oids", expanding=True)))
            .values(lease_until=bindparam("p_until")))
-_CLAIMED = select(orders.c.id, orders.c.provider_order_id).where(
-    orders.c.lease_token == bindparam("p_token"), still_open())
+_CLAIMED = select(orders.c.id, orders.c.provider_order_id, orders.c.lease_token).where(
+    orders.c.lease_token.in_(bindparam("p_tokens", expanding=True)), still_open())
 _RELEASE = (update(orders).where(orders.c.lease_token == bindparam("p_token"))
             .values(lease_until=None, lease_token=None))
 _DEFER = (update(orders).where(orders.c.lease_token == bindparam("p_token"))
@@ -76,11 +76,23 @@ def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,
 
     Returns those orders' provider order ids, by order id.
     """
+    return claim_all(engine, [(token, order_ids)], now, hold_seconds)[token]
 
-    def run(conn: Connection) -> dict[int, str]:
-        conn.execute(_EXTEND, {"p_token": token, "p_oids": list(order_ids),
+
+def claim_all(engine: Engine, shards: Sequence[tuple[str, Sequence[int]]], now: datetime,
+              hold_seconds: float) -> dict[str, dict[int, str]]:
+    """:func:`claim` for a job's shards, in one transaction: by token, the provider order ids
+    of the orders each still holds (by order id; empty when it lost them all)."""
+    tokens = [token for token, _ in shards]
+
+    def run(conn: Connection) -> dict[str, dict[int, str]]:
+        conn.execute(_EXTEND, {"p_tokens": tokens,
+                               "p_oids": [oid for _, ids in shards for oid in ids],
                                "p_until": now + timedelta(seconds=hold_seconds)})
-        return dict(conn.execute(_CLAIMED, {"p_token": token}).tuples().all())
+        held: dict[str, dict[int, str]] = {token: {} for token in tokens}
+        for order_id, provider_order_id, token in conn.execute(_CLAIMED, {"p_tokens": tokens}):
+            held[token][order_id] = provider_order_id
+        return held
 
     return transactional(engine, run)
 

@@ -8,6 +8,7 @@ unrecognised is UNKNOWN and must never lead to a refund.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 
@@ -48,6 +49,7 @@ _KNOWN: dict[str, Status] = {
 PENDING = _KNOWN["pending"]
 
 
+@functools.lru_cache(maxsize=512)  # a provider repeats a handful of spellings
 def normalise_status(raw: str) -> Status:
     """Map a provider status string to its class; unknown words keep their raw text."""
     key = "".join(raw.split()).replace("_", "").replace("-", "").lower()

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select, update
 
 from paxyo.accounts import deposit
-from paxyo.leases import claim, defer, lease, releaser
+from paxyo.leases import claim, claim_all, defer, lease, releaser
 from paxyo.orders import NewOrder, place_order
 from paxyo.store.engine import transactional
 from paxyo.store.schema import orders
@@ -92,3 +92,18 @@ def test_release_runs_in_the_callers_transaction(ten):
     with ten.begin() as conn:
         releaser(token)(conn)
     assert {rows(ten)[i].lease_token for i in (1, 2, 3)} == {None}
+
+
+def test_claim_all_claims_a_jobs_shards_in_one_go_each_by_its_own_token(ten):
+    first, _ = take(ten, range(1, 4))
+    second, _ = take(ten, range(4, 7))
+    lost, _ = take(ten, range(7, 9))
+    taker, _ = take(ten, range(7, 9), now=UNTIL + timedelta(seconds=1),
+                    until=UNTIL + timedelta(seconds=90))  # the lease of `lost` expired
+    at = NOW + timedelta(seconds=5)
+    held = claim_all(ten, [(first, (1, 2, 3)), (second, (4, 5, 6)), (lost, (7, 8))], at, 120)
+    assert held == {first: {1: "501", 2: "502", 3: "503"},
+                    second: {4: "504", 5: "505", 6: "506"}, lost: {}}
+    state = rows(ten)
+    assert all(state[oid].lease_until == at + timedelta(seconds=120) for oid in range(1, 7))
+    assert state[7].lease_token == taker and state[7].lease_until == UNTIL + timedelta(seconds=90)

@@ -16,7 +16,7 @@ from rq import get_current_job
 
 from paxyo.change_writes import AppliedChange
 from paxyo.clock import utcnow
-from paxyo.leases import claim, defer, releaser
+from paxyo.leases import claim_all, defer, releaser
 from paxyo.limits import is_provider_order_id
 from paxyo.observations import apply_observations, refund_line
 from paxyo.shard_policy import running_lease_seconds
@@ -68,7 +68,8 @@ class _Ready:
 
 def run_shards(ctx: WorkerContext,
                shards: Sequence[tuple[str, tuple[int, ...], str]]) -> list[dict[str, Any]]:
-    """Per shard: claim → (held back?) → ask the provider → apply → publish → release.
+    """Claim every shard's orders (one transaction), then per shard: (held back?) → ask the
+    provider → apply → publish → release.
 
     The shards' provider calls run at the same time on the worker's event loop, and each
     reply is applied (in its own transaction) as soon as it arrives, so a slow provider holds
@@ -77,8 +78,9 @@ def run_shards(ctx: WorkerContext,
     already applied find their leases released and are skipped. Returns one result per
     shard: counts, plus the whole ``report`` (its changes) when the provider answered.
     """
-    prepared = [_prepare(ctx, provider, order_ids, token)
-                for provider, order_ids, token in shards]
+    held = claim_all(ctx.engine, [(token, order_ids) for _, order_ids, token in shards],
+                     utcnow(), running_lease_seconds(ctx.settings))
+    prepared = [_prepare(ctx, provider, token, held[token]) for provider, _, token in shards]
     for p in prepared:
         if isinstance(p, _Ready) and p.ask:
             ctx.provider(p.provider)  # clients are built outside the loop
@@ -115,10 +117,9 @@ async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any]) -> dict[str
     return _finished(_apply(ctx, shard, replies))
 
 
-def _prepare(ctx: WorkerContext, provider: str, order_ids: tuple[int, ...],
-             token: str) -> _Ready | dict[str, Any]:
-    """Claim the shard's orders and decide whether it may call now (else a result)."""
-    refs = claim(ctx.engine, token, order_ids, utcnow(), running_lease_seconds(ctx.settings))
+def _prepare(ctx: WorkerContext, provider: str, token: str,
+             refs: dict[int, str]) -> _Ready | dict[str, Any]:
+    """Whether a shard whose claimed orders are ``refs`` may call now (else a result)."""
     if not refs:
         return {"provider": provider, "checked": 0, "skipped": "lease lost or orders closed"}
     reason = _held_back(ctx, provider, token)
