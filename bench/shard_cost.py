@@ -4,12 +4,14 @@
                                [--profile]
 
 Seeds N open orders (10% of which the simulator reports Canceled or Partial, as in
-bench/pipeline.py), then plans every shard as the dispatcher does and runs each through
-``workers.jobs.run_shard`` as a worker does, in this process. The simulator runs in its own
-process, so its CPU is not counted. Prints CPU seconds per 1,000 orders for each stage
-(measured with a process-time profiler, so waiting on the provider, the database server or
-Redis costs nothing) and in all. RQ's own enqueue/dequeue cost per job is not in these
-figures: bench/pipeline.py measures the whole processes. Asserts nothing.
+bench/pipeline.py), then plans every shard as the dispatcher does and runs them through
+``workers.jobs.run_shards``, ``PAXYO_SHARDS_PER_JOB`` shards at a time, as a worker does, in
+this process. The simulator runs in its own process, so its CPU is not counted. Prints CPU
+seconds per 1,000 orders for each stage (measured with a process-time profiler, so waiting on
+the provider, the database server or Redis costs nothing) and in all. The profiler itself
+about doubles the CPU of code with many small calls, so the shares are what to read here, and
+bench/pipeline.py's figure (whole processes, RQ included, no profiler) is the real cost.
+Asserts nothing.
 """
 
 from __future__ import annotations
@@ -45,12 +47,12 @@ from paxyo.clock import utcnow  # noqa: E402
 from paxyo.settings import Settings  # noqa: E402
 from paxyo.store.schema import orders  # noqa: E402
 from workers.context import build_context  # noqa: E402
-from workers.jobs import run_shard  # noqa: E402
+from workers.jobs import run_shards  # noqa: E402
 
 # (stage, the function whose inclusive CPU time is the stage's)
 STAGES = (
     ("plan shards (dispatcher)", "planner.py", "plan_shards"),
-    ("claim leases", "leases.py", "claim"),
+    ("claim leases (one transaction per job)", "leases.py", "claim_all"),
     ("breaker + rate limit", "jobs.py", "_held_back"),
     ("provider call + parse", "client.py", "status_many"),
     ("apply: read, decide, write (one transaction)", "observations.py", "apply_observations"),
@@ -125,10 +127,12 @@ def measure(settings: Settings, count: int, show_profile: bool) -> None:
             profiler.enable()
             shards = plan_shards(ctx.engine, now=utcnow(), poll_interval=settings.poll_interval,
                                  lease_seconds=600, max_shards=50)
-            for shard in shards:
-                result = run_shard(ctx, shard.provider, tuple(shard.order_ids), shard.token)
-                checked += result["checked"]
-                changed += result.get("changed", 0)
+            per_job = settings.shards_per_job  # grouped into jobs as the dispatcher does
+            for job in (shards[i:i + per_job] for i in range(0, len(shards), per_job)):
+                for result in run_shards(ctx, [(s.provider, tuple(s.order_ids), s.token)
+                                               for s in job]):
+                    checked += result["checked"]
+                    changed += result.get("changed", 0)
             profiler.disable()
             if not shards:
                 break
@@ -148,7 +152,7 @@ def measure(settings: Settings, count: int, show_profile: bool) -> None:
         counted += spent
         print(f"| {label} | {spent * per_k:.3f} | {spent / cpu:.0%} |")
     rest = cpu - counted
-    print(f"| the rest (run_shard's own, result dicts, profiler) | {rest * per_k:.3f} | "
+    print(f"| the rest (run_shards' own, result dicts, profiler) | {rest * per_k:.3f} | "
           f"{rest / cpu:.0%} |")
     if show_profile:
         stats.sort_stats("tottime").print_stats(25)

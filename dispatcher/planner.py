@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import Connection
 
-from paxyo.leases import lease, lease_free
+from paxyo.leases import lease_all, lease_free
 from paxyo.shard_policy import SHARD_SIZE
 from paxyo.statuses import StatusClass
 from paxyo.store.engine import transactional
@@ -62,13 +62,6 @@ def top_up(engine: Engine, provider: str, now: datetime, window: float, count: i
     return [r.id for r in rows if r.id not in exclude][:count]
 
 
-def _lease_one(conn: Connection, provider: str, order_ids: list[int], now: datetime,
-               until: datetime) -> Shard | None:
-    """Lease the still-free orders among ``order_ids`` under a new token."""
-    token, leased = lease(conn, order_ids, now, until)
-    return Shard(provider, leased, token) if leased else None
-
-
 def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_seconds: float,
                 max_due: int = 50_000, max_shards: int | None = None) -> list[Shard]:
     """Lease and return this tick's shards (each ≤100 orders of one provider).
@@ -94,7 +87,8 @@ def plan_shards(engine: Engine, *, now: datetime, poll_interval: float, lease_se
     until = now + timedelta(seconds=lease_seconds)
 
     def run(conn: Connection) -> list[Shard]:
-        leased = (_lease_one(conn, provider, ids, now, until) for provider, ids in cuts)
-        return [shard for shard in leased if shard is not None]
+        leased = lease_all(conn, [ids for _, ids in cuts], now, until)
+        return [Shard(provider, ids, token)
+                for (provider, _), (token, ids) in zip(cuts, leased, strict=True) if ids]
 
     return transactional(engine, run)

@@ -41,7 +41,8 @@ _LEASE = (update(orders)
           .where(orders.c.id.in_(bindparam("p_oids", expanding=True)), still_open(),
                  or_(orders.c.lease_until.is_(None), orders.c.lease_until < bindparam("p_now")))
           .values(lease_until=bindparam("p_until"), lease_token=bindparam("p_token")))
-_LEASED = (select(orders.c.id).where(orders.c.lease_token == bindparam("p_token"))
+_LEASED = (select(orders.c.id, orders.c.lease_token)
+           .where(orders.c.lease_token.in_(bindparam("p_tokens", expanding=True)))
            .order_by(orders.c.id))
 _EXTEND = (update(orders)
            .where(orders.c.lease_token.in_(bindparam("p_tokens", expanding=True)),
@@ -59,10 +60,21 @@ def lease(conn: Connection, order_ids: Sequence[int], now: datetime,
           until: datetime) -> tuple[str, tuple[int, ...]]:
     """Lease the still-open, still-free orders among ``order_ids`` under a new token, in the
     caller's transaction. Returns the token and the leased ids (ascending; maybe none)."""
-    token = uuid.uuid4().hex
-    conn.execute(_LEASE, {"p_oids": list(order_ids), "p_now": now, "p_until": until,
-                          "p_token": token})
-    return token, tuple(conn.execute(_LEASED, {"p_token": token}).scalars())
+    return lease_all(conn, [order_ids], now, until)[0]
+
+
+def lease_all(conn: Connection, cuts: Sequence[Sequence[int]], now: datetime,
+              until: datetime) -> list[tuple[str, tuple[int, ...]]]:
+    """:func:`lease` for each of ``cuts`` (a tick's shards), each under its own token, with
+    one statement per cut and one SELECT that reads back what each got."""
+    tokens = [uuid.uuid4().hex for _ in cuts]
+    for token, order_ids in zip(tokens, cuts, strict=True):
+        conn.execute(_LEASE, {"p_oids": list(order_ids), "p_now": now, "p_until": until,
+                              "p_token": token})
+    leased: dict[str, list[int]] = {token: [] for token in tokens}
+    for order_id, token in conn.execute(_LEASED, {"p_tokens": tokens}):
+        leased[token].append(order_id)
+    return [(token, tuple(leased[token])) for token in tokens]
 
 
 def releaser(token: str) -> Callable[[Connection], object]:
