@@ -107,3 +107,19 @@ def test_claim_all_claims_a_jobs_shards_in_one_go_each_by_its_own_token(ten):
     state = rows(ten)
     assert all(state[oid].lease_until == at + timedelta(seconds=120) for oid in range(1, 7))
     assert state[7].lease_token == taker and state[7].lease_until == UNTIL + timedelta(seconds=90)
+
+
+def test_leased_orders_fall_due_when_their_lease_ends_and_not_before(ten):
+    from dispatcher.planner import due_orders
+
+    with ten.begin() as conn:
+        conn.execute(update(orders).values(next_check_at=NOW - timedelta(seconds=5)))
+    token, _ = take(ten, range(1, 5))
+    assert {r.next_check_at for oid, r in rows(ten).items() if oid <= 4} == {UNTIL}
+    assert [oid for _, oid in due_orders(ten, NOW, 100)] == [5, 6, 7, 8, 9, 10]
+    at = NOW + timedelta(seconds=10)
+    claim(ten, token, (1, 2, 3, 4), at, 300)  # a worker runs the shard: due when it may be lost
+    assert rows(ten)[1].next_check_at == at + timedelta(seconds=300)
+    later = at + timedelta(seconds=301)  # the worker was killed: the orders are due again
+    assert [oid for _, oid in due_orders(ten, later, 100)][:4] == [5, 6, 7, 8]
+    assert {1, 2, 3, 4} <= {oid for _, oid in due_orders(ten, later, 100)}
