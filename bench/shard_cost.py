@@ -49,10 +49,10 @@ from paxyo.store.schema import orders  # noqa: E402
 from workers.context import build_context  # noqa: E402
 from workers.jobs import run_shards  # noqa: E402
 
-# (stage, the function whose inclusive CPU time is the stage's)
+# (stage, file, the functions whose inclusive CPU time is the stage's)
 STAGES = (
     ("plan shards (dispatcher)", "planner.py", "plan_shards"),
-    ("claim leases (one transaction per job)", "leases.py", "claim_all"),
+    ("claim leases", "leases.py", "claim claim_all"),  # per shard before, per job now
     ("breaker + rate limit", "jobs.py", "_held_back"),
     ("provider call + parse", "client.py", "status_many"),
     ("apply: read, decide, write (one transaction)", "observations.py", "apply_observations"),
@@ -155,7 +155,7 @@ def measure(settings: Settings, count: int, show_profile: bool, profiled: bool) 
     counted = 0.0
     for label, filename, function in STAGES:
         spent = sum(row[3] for key, row in stats.stats.items()  # type: ignore[attr-defined]
-                    if key[0].endswith(filename) and key[2] == function)
+                    if key[0].endswith(filename) and key[2] in function.split())
         counted += spent
         print(f"| {label} | {spent * per_k:.3f} | {spent / cpu:.0%} |")
     rest = cpu - counted
