@@ -11,6 +11,7 @@ each order once and every event shows the balance as of its own change.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 
@@ -300,7 +301,7 @@ def _race_round(engine, first_id: int, observed_at) -> tuple[list, list[BaseExce
     savepoints, which lock order, account, order, account... rather than all orders first)."""
     ids = list(range(first_id, first_id + ROUND_ORDERS))
     bad = first_id + ROUND_ORDERS
-    a_ids, b_ids = ids[:30], ids[10:] + [bad]
+    a_ids, b_ids = ids[:30], [*ids[10:], bad]
 
     def answer(oid, variant):
         k = oid - first_id
@@ -320,7 +321,7 @@ def _race_round(engine, first_id: int, observed_at) -> tuple[list, list[BaseExce
         try:
             barrier.wait()
             reports.append((which, apply(engine, replies, order_ids, observed_at=observed_at)))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             failures.append(exc)
 
     threads = [threading.Thread(target=run, args=("a", a_ids, replies_a)),
@@ -361,3 +362,62 @@ def test_overlapping_replies_applied_at_once_credit_each_order_once(any_engine):
         for row in conn.execute(select(orders.c.id, orders.c.refunded)):
             assert D(row.refunded) == sum(refunds.get(row.id, [D(0)]))
     assert_event_chain(any_engine, USERS, start)
+
+
+@pytest.mark.parametrize("any_database_url", ["postgresql", "mysql"], indirect=True)
+def test_a_deadlock_in_the_fallback_path_is_retried_not_set_aside(any_engine):
+    """The per-change fallback (a reply with a change that fails) deadlocks with another
+    transaction and is chosen as the victim. The deadlock must be retried like any other, and
+    the report must list only changes that committed.
+
+    On MariaDB/MySQL a deadlock rolls back the whole transaction, savepoints included, so the
+    ROLLBACK TO SAVEPOINT that follows fails with 1305 (savepoint does not exist), which
+    is_retryable does not know: the change is set aside as refused and the transaction goes
+    on, reporting the changes made before the deadlock although InnoDB rolled them back.
+    """
+    from paxyo.store.schema import accounts
+
+    for user in (1, 2, 3):
+        deposit(any_engine, user, D("1000.00"), f"seed-{user}", 2)
+    for oid, user in ((1, 2), (2, 1), (3, 1)):
+        place_order(any_engine, NewOrder(oid, user, "sim", str(oid), 1000, D("10.00")),
+                    decimals=2, poll_interval=30)
+    for oid in range(10, 70):  # the other transaction's weight: InnoDB's victim is the lighter
+        place_order(any_engine, NewOrder(oid, 3, "sim", str(oid), 1000, D("1.00")),
+                    decimals=2, poll_interval=30)
+    with any_engine.begin() as conn:
+        conn.execute(update(orders).where(orders.c.id == 3).values(quantity=0))
+    holding, results = threading.Event(), {}
+
+    def other() -> None:  # locks account 2, then account 1 once the applier holds it
+        try:
+            with any_engine.connect() as conn, conn.begin():
+                for _ in range(20):  # heavy: many undo records
+                    conn.execute(update(orders).where(orders.c.user_id == 3)
+                                 .values(updated_at=utcnow(), remains=orders.c.remains + 1))
+                conn.execute(select(accounts).where(accounts.c.user_id == 2).with_for_update())
+                holding.set()
+                time.sleep(0.5)
+                conn.execute(select(accounts).where(accounts.c.user_id == 1).with_for_update())
+            results["other"] = "committed"
+        except Exception as exc:
+            results["other"] = exc
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    holding.wait(10)
+    # pending sorted by user: order 2 (user 1), order 3 (user 1, fails), order 1 (user 2)
+    replies = {str(oid): StatusEntry("Canceled" if oid != 3 else "Partial", 5, None, None)
+               for oid in (1, 2, 3)}
+    report = apply(any_engine, replies, [1, 2, 3])
+    thread.join(30)
+    assert results["other"] == "committed", results  # the applier was the deadlock's victim
+    with any_engine.connect() as conn:
+        stored = {r.id: r for r in conn.execute(select(orders).where(orders.c.id.in_([1, 2, 3])))}
+        assert ledger_mismatches(conn) == []
+    for change in report.changes:  # the report tells only what committed
+        assert stored[change.order_id].status == change.status, (change, report)
+    assert sorted(c.order_id for c in report.changes) == [1, 2]
+    assert report.rejected == 1
+    assert stored[1].status == stored[2].status == "Canceled"
+    assert get_balance(any_engine, 1) == D("1000.00") - 20 + 10
