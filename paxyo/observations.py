@@ -240,11 +240,29 @@ def _apply_alone(conn: Connection, row: Row, status: Status, remains: int | None
                                 decimals=decimals, poll_interval=poll_interval,
                                 webhook=webhook)
     except Exception as exc:
-        if is_retryable(exc):
+        conflict = _lock_conflict(exc)
+        if conflict is exc:
             raise
+        if conflict is not None:
+            raise conflict from exc
         log.error("order %s: change to %s (remains %r) set aside, order kept open: %s",
                   row.id, status.name, remains, _first_line(exc))
         return _Rejected(row.id, row.review_status)
+
+
+def _lock_conflict(exc: BaseException) -> BaseException | None:
+    """The lock conflict behind ``exc``, if any: ``exc`` itself, or the one it was raised
+    while handling. On MariaDB a deadlock rolls back the whole transaction, savepoints
+    included, so leaving the savepoint then fails ("SAVEPOINT ... does not exist", 1305)
+    and hides the deadlock, which the transaction's retry must still see."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return None
+        if is_retryable(seen):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -371,9 +371,9 @@ def test_a_deadlock_in_the_fallback_path_is_retried_not_set_aside(any_engine):
     the report must list only changes that committed.
 
     On MariaDB/MySQL a deadlock rolls back the whole transaction, savepoints included, so the
-    ROLLBACK TO SAVEPOINT that follows fails with 1305 (savepoint does not exist), which
-    is_retryable does not know: the change is set aside as refused and the transaction goes
-    on, reporting the changes made before the deadlock although InnoDB rolled them back.
+    ROLLBACK TO SAVEPOINT that follows fails with 1305 (savepoint does not exist). Before the
+    fix the change was then set aside as refused and the transaction went on, reporting the
+    changes made before the deadlock although InnoDB had rolled them back.
     """
     from paxyo.store.schema import accounts
 
