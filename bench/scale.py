@@ -50,6 +50,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import psutil
+import redis
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
@@ -70,9 +71,11 @@ from pipeline import (  # noqa: E402
     wait_for,
 )
 
+from dispatcher.planner import by_provider, due_orders, top_up  # noqa: E402
 from paxyo.cli.private_redis import PrivateRedis, answers  # noqa: E402
 from paxyo.clock import utcnow  # noqa: E402
 from paxyo.schedule import dispatch_allowance  # noqa: E402
+from paxyo.shard_policy import SHARD_SIZE  # noqa: E402
 from paxyo.store.engine import open_engine  # noqa: E402
 from paxyo.store.migrate import upgrade  # noqa: E402
 
@@ -202,14 +205,15 @@ class FirstChecks:
             "CREATE TEMP TABLE first_check (id bigint PRIMARY KEY, observed_at timestamp)")
         self.since: datetime | None = None
         self.seconds = 0.0  # spent capturing (PostgreSQL CPU that is the bench's, not paxyo's)
+        self.inserted = 0  # rows, counted in pg_stat_database's tup_inserted
 
     def capture(self) -> int:
         t0 = time.monotonic()
         moment = utcnow()
         where = "observed_at IS NOT NULL" if self.since is None else "observed_at > :since"
-        self.conn.execute(sa.text(f"""
+        self.inserted += self.conn.execute(sa.text(f"""
             INSERT INTO first_check SELECT id, observed_at FROM orders WHERE {where}
-            ON CONFLICT (id) DO NOTHING"""), {"since": self.since})
+            ON CONFLICT (id) DO NOTHING"""), {"since": self.since}).rowcount
         self.since = moment - CAPTURE_OVERLAP
         done = self.conn.exec_driver_sql("SELECT count(*) FROM first_check").scalar_one()
         self.seconds += time.monotonic() - t0
@@ -392,18 +396,68 @@ class Snapshot:
     at: float
     calls: dict[str, int]
     queried: int
-    paxyo_cpu: float
+    worker_cpu: float
+    dispatcher_cpu: float
     sim_cpu: float
     pg: dict[str, float]
     busy: float
+    db: dict[str, float]
+
+    @property
+    def paxyo_cpu(self) -> float:
+        return self.worker_cpu + self.dispatcher_cpu
 
 
-def snapshot(procs: Processes, sims: dict[str, str], pg: PostgresCpu) -> Snapshot:
+def snapshot(procs: Processes, sims: dict[str, str], pg: PostgresCpu,
+             engine: sa.Engine) -> Snapshot:
     stats = {name: get_json(f"{base}/sim/stats") for name, base in sims.items()}
     return Snapshot(time.monotonic(), {n: int(s["status_requests"]) for n, s in stats.items()},
                     sum(int(s["orders_queried"]) for s in stats.values()),
-                    procs.cpu_seconds("worker") + procs.cpu_seconds("dispatcher"),
-                    procs.cpu_seconds("sim"), pg.sample(), machine_busy())
+                    procs.cpu_seconds("worker"), procs.cpu_seconds("dispatcher"),
+                    procs.cpu_seconds("sim"), pg.sample(), machine_busy(), db_counters(engine))
+
+
+def db_counters(engine: sa.Engine) -> dict[str, float]:
+    """This database's transactions and rows (pg_stat_database), and the server's WAL position
+    (all databases: the server is shared)."""
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("""
+            SELECT xact_commit, xact_rollback, tup_fetched, tup_inserted, tup_updated,
+                   tup_deleted, blks_read, blks_hit,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')
+            FROM pg_stat_database WHERE datname = current_database()""")).one()
+    keys = ("commits", "rollbacks", "fetched", "inserted", "updated", "deleted", "blks_read",
+            "blks_hit", "wal")
+    return {k: float(v) for k, v in zip(keys, row, strict=True)}
+
+
+def planner_reads(engine: sa.Engine, interval: float) -> tuple[float, float]:
+    """Seconds for the planner's read queries of one tick, run here read-only: the due orders
+    (up to 50,000), and each provider's top-up. Planning minus these is mostly leasing."""
+    now = utcnow()
+    t0 = time.monotonic()
+    due = due_orders(engine, now, 50_000)
+    t1 = time.monotonic()
+    for provider, ids in by_provider(due).items():
+        top_up(engine, provider, now, interval / 2, -len(ids) % SHARD_SIZE, set(ids))
+    return t1 - t0, time.monotonic() - t1
+
+
+PROGRESS_HEADER = (f"{'t s':>5} {'first-checked':>13} {'calls':>7} {'due now':>8} "
+                   f"{'lag s':>6} {'queued jobs':>11} {'plan ms':>8} {'read ms':>7} "
+                   f"{'paxyo cores':>11} {'pg cores':>8} {'busy cores':>10}")
+
+
+def progress_line(base: Snapshot, last: Snapshot, snap: Snapshot, done: float, due: int,
+                  lag: float, queued: int, planning: float, reads: float) -> str:
+    """One progress row: cumulative first checks and calls; the rest over the last window."""
+    window = max(1e-9, snap.at - last.at)
+    pg_cores = (sum(snap.pg.values()) - sum(last.pg.values())) / window
+    return (f"{snap.at - base.at:5.0f} {done:13.1%} "
+            f"{sum(snap.calls.values()) - sum(base.calls.values()):>7} {due:>8,} {lag:6.1f} "
+            f"{queued:>11} {planning * 1000:8.1f} {reads * 1000:7.1f} "
+            f"{(snap.paxyo_cpu - last.paxyo_cpu) / window:11.2f} {pg_cores:8.2f} "
+            f"{(snap.busy - last.busy) / window:10.2f}")
 
 
 def run(args: argparse.Namespace, redis_url: str) -> None:
@@ -473,39 +527,37 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
         pg.start()
         plan.update()
         plan_start = dict(plan.last)
-        base = snapshot(procs, sims, pg)
+        base = snapshot(procs, sims, pg, engine)
         at_interval: Snapshot | None = None
         plan_interval: dict[str, float] | None = None
         end = base.at + duration
         next_progress = base.at + PROGRESS_EVERY
         last = base
-        print(f"{'t s':>5} {'first-checked':>14} {'calls':>7} {'due now':>8} {'lag s':>6} "
-              f"{'plan ms':>8} {'paxyo cores':>11} {'pg cores':>8} {'busy':>5}", flush=True)
+        reads: list[tuple[float, float]] = []
+        queue, queue_key = redis.Redis.from_url(redis_url), f"rq:queue:{prefix}-q"
+        print(PROGRESS_HEADER, flush=True)
+        plan_last = dict(plan.last)
         while time.monotonic() < end:
             time.sleep(min(SCRAPE_EVERY, max(0.0, end - time.monotonic())))
             plan.update()
             now = time.monotonic()
             if at_interval is None and now - base.at >= interval:
-                at_interval = snapshot(procs, sims, pg)
+                at_interval = snapshot(procs, sims, pg, engine)
                 plan_interval = dict(plan.last)
             if now >= next_progress or now >= end:
                 next_progress += PROGRESS_EVERY
                 done = first.capture()
-                snap = snapshot(procs, sims, pg)
+                snap = snapshot(procs, sims, pg, engine)
                 due, lag = backlog(engine)
-                window = max(1e-9, snap.at - last.at)
-                recent = plan.summary(plan_start)
-                pg_cores = (sum(snap.pg.values()) - sum(last.pg.values())) / window
-                print(f"{snap.at - base.at:5.0f} {done:>8,} {done / count:5.1%} "
-                      f"{sum(snap.calls.values()) - sum(base.calls.values()):>7} {due:>8,} "
-                      f"{lag:6.1f} {recent['mean'] * 1000:8.1f} "
-                      f"{(snap.paxyo_cpu - last.paxyo_cpu) / window:11.2f} {pg_cores:8.2f} "
-                      f"{(snap.busy - last.busy) / window:5.2f}", flush=True)
-                last = snap
-        final = snapshot(procs, sims, pg)
+                reads.append(planner_reads(engine, interval))
+                planning = plan.summary(plan_last)["mean"]
+                print(progress_line(base, last, snap, done / count, due, lag,
+                                    queue.llen(queue_key), planning, sum(reads[-1])), flush=True)
+                last, plan_last = snap, dict(plan.last)
+        final = snapshot(procs, sims, pg, engine)
         first.capture()
         report(args, count, users, interval, start, base, at_interval, final, first, plan,
-               plan_start, plan_interval, seeded, seeded_sizes, sizes(engine), engine)
+               plan_start, plan_interval, seeded, seeded_sizes, sizes(engine), engine, reads)
     finally:
         if first is not None:
             first.close()
@@ -524,7 +576,7 @@ def report(args: argparse.Namespace, count: int, users: int, interval: float,
            first: FirstChecks, plan: PlanStats, plan_start: dict[str, float],
            plan_interval: dict[str, float] | None, seeded: dict[str, float],
            seeded_sizes: dict[str, int], end_sizes: dict[str, int],
-           engine: sa.Engine) -> None:
+           engine: sa.Engine, reads: list[tuple[float, float]]) -> None:
     allowance = dispatch_allowance(interval)
     lags = first.lags(start, interval, allowance)
     with engine.connect() as conn:
@@ -566,16 +618,34 @@ def report(args: argparse.Namespace, count: int, users: int, interval: float,
     per_k = 1000 / max(1, queried)
     pg_ours = final.pg["ours"] - base.pg["ours"]
     pg_rest = final.pg["rest"] - base.pg["rest"]
-    rows = (("workers + dispatcher", final.paxyo_cpu - base.paxyo_cpu),
+    ours = (final.paxyo_cpu - base.paxyo_cpu) + pg_ours + pg_rest + (final.sim_cpu - base.sim_cpu)
+    rows = (("workers", final.worker_cpu - base.worker_cpu),
+            ("dispatcher", final.dispatcher_cpu - base.dispatcher_cpu),
+            ("workers + dispatcher", final.paxyo_cpu - base.paxyo_cpu),
             ("PostgreSQL: this database's backends", pg_ours),
             ("  of which the bench's first-check captures (wall s)", first.seconds),
             ("PostgreSQL: other processes (shared)", pg_rest),
             ("simulators", final.sim_cpu - base.sim_cpu),
-            ("whole machine", final.busy - base.busy))
+            ("whole machine", final.busy - base.busy),
+            ("  of which not the above (other sessions, Redis, this bench)",
+             final.busy - base.busy - ours))
     print("| CPU | seconds | cores | s per 1,000 orders checked |")
     print("|---|---|---|---|")
     for label, seconds in rows:
         print(f"| {label} | {seconds:.1f} | {seconds / elapsed:.2f} | {seconds * per_k:.3f} |")
+    print()
+    db = {k: final.db[k] - base.db[k] for k in final.db}
+    db["inserted"] -= first.inserted  # the bench's own first_check rows
+    print("| PostgreSQL per 1,000 orders checked | commits | rows fetched | rows inserted | "
+          "rows updated | rows deleted | blocks read (disk) | WAL MB (server-wide) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| this database | {db['commits'] * per_k:,.0f} | {db['fetched'] * per_k:,.0f} | "
+          f"{db['inserted'] * per_k:,.0f} | {db['updated'] * per_k:,.0f} | "
+          f"{db['deleted'] * per_k:,.0f} | {db['blks_read'] * per_k:,.0f} | "
+          f"{db['wal'] * per_k / 1024 / 1024:.2f} |")
+    print(f"transactions/s {db['commits'] / elapsed:,.0f}, rows updated/s "
+          f"{db['updated'] / elapsed:,.0f}, WAL {db['wal'] / elapsed / 1024 / 1024:.1f} MB/s "
+          f"(server-wide), rollbacks {db['rollbacks']:.0f}")
     print()
     summary = plan.summary(plan_start)
     print("| planning per tick | ticks | mean ms | p50 ms (bucket) | p99 ms (bucket) | "
@@ -589,6 +659,14 @@ def report(args: argparse.Namespace, count: int, users: int, interval: float,
         print(f"| first interval | {early['ticks']:.0f} | {early['mean'] * 1000:.1f} | "
               f"≤{early['p50'] * 1000:g} | ≤{early['p99'] * 1000:g} | | "
               f"{early['shards'] / max(1, early['ticks']):.1f} |")
+    if reads:
+        due_q, top_q = (sorted(r[i] for r in reads) for i in (0, 1))
+        dispatcher_cpu = final.dispatcher_cpu - base.dispatcher_cpu
+        print(f"the planner's read queries, run by the bench every {PROGRESS_EVERY:g}s: due "
+              f"orders median {due_q[len(due_q) // 2] * 1000:.1f} ms (max "
+              f"{due_q[-1] * 1000:.1f}), top-ups median {top_q[len(top_q) // 2] * 1000:.1f} ms "
+              f"(max {top_q[-1] * 1000:.1f}); dispatcher CPU per planning tick "
+              f"{dispatcher_cpu / max(1, summary['ticks']) * 1000:.1f} ms")
     print()
     print("| size MB | database | orders (heap + indexes) | orders heap | orders indexes | "
           "ledger_entries | outbox | orders live / dead tuples | autovacuums of orders |")
