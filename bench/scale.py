@@ -74,12 +74,15 @@ from pipeline import (  # noqa: E402
 from dispatcher.planner import by_provider, due_orders, top_up  # noqa: E402
 from paxyo.cli.private_redis import PrivateRedis, answers  # noqa: E402
 from paxyo.clock import utcnow  # noqa: E402
+from paxyo.leases import lease_free  # noqa: E402
 from paxyo.schedule import dispatch_allowance  # noqa: E402
 from paxyo.shard_policy import SHARD_SIZE  # noqa: E402
 from paxyo.store.engine import open_engine  # noqa: E402
 from paxyo.store.migrate import upgrade  # noqa: E402
+from paxyo.store.schema import orders  # noqa: E402
 
 PROGRESS_EVERY = 15.0
+PROBE_EVERY = 4  # progress lines between two timings of the planner's read queries
 SCRAPE_EVERY = 3.0
 CAPTURE_OVERLAP = timedelta(seconds=60)  # observed_at is set before its transaction commits
 SIM_BATCH = 10_000
@@ -204,7 +207,9 @@ class FirstChecks:
         self.conn.exec_driver_sql(
             "CREATE TEMP TABLE first_check (id bigint PRIMARY KEY, observed_at timestamp)")
         self.since: datetime | None = None
-        self.seconds = 0.0  # spent capturing (PostgreSQL CPU that is the bench's, not paxyo's)
+        # wall seconds of the bench's own queries on this database (captures, backlog, planner
+        # probes): an upper bound on the PostgreSQL CPU that is the bench's, not paxyo's
+        self.seconds = 0.0
         self.inserted = 0  # rows, counted in pg_stat_database's tup_inserted
 
     def capture(self) -> int:
@@ -247,6 +252,26 @@ def backlog(engine: sa.Engine) -> tuple[int, float]:
             WHERE status_class = 'open' AND next_check_at <= :now
               AND (lease_until IS NULL OR lease_until < :now)"""), {"now": now}).one()
     return int(due), max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
+
+
+def explain_planner(engine: sa.Engine, interval: float) -> None:
+    """EXPLAIN (ANALYZE, BUFFERS) of the planner's due query and one top-up, as they are now
+    (read-only; printed so that a slow planning tick can be read off its plan)."""
+    now = utcnow()
+    due = sa.select(orders.c.provider, orders.c.id).where(
+        orders.c.status_class == "open", orders.c.next_check_at <= now, lease_free(now)
+    ).order_by(orders.c.next_check_at).limit(50_000)
+    ahead = sa.select(orders.c.id).where(
+        orders.c.provider == PROVIDERS[0], orders.c.status_class == "open",
+        orders.c.next_check_at > now,
+        orders.c.next_check_at <= now + timedelta(seconds=interval / 2), lease_free(now)
+    ).order_by(orders.c.next_check_at).limit(150)
+    with engine.connect() as conn:
+        for label, query in (("due orders", due), ("top-up", ahead)):
+            sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
+            plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {sql}").scalars().all()
+            print(f"\nEXPLAIN (ANALYZE, BUFFERS) of the planner's {label} query at the end:")
+            print("\n".join(f"    {line}" for line in plan))
 
 
 def sizes(engine: sa.Engine) -> dict[str, int]:
@@ -534,6 +559,7 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
         next_progress = base.at + PROGRESS_EVERY
         last = base
         reads: list[tuple[float, float]] = []
+        lines = 0
         queue, queue_key = redis.Redis.from_url(redis_url), f"rq:queue:{prefix}-q"
         print(PROGRESS_HEADER, flush=True)
         plan_last = dict(plan.last)
@@ -548,14 +574,19 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
                 next_progress += PROGRESS_EVERY
                 done = first.capture()
                 snap = snapshot(procs, sims, pg, engine)
+                t0 = time.monotonic()
                 due, lag = backlog(engine)
-                reads.append(planner_reads(engine, interval))
+                if len(reads) < lines // PROBE_EVERY + 1:
+                    reads.append(planner_reads(engine, interval))
+                first.seconds += time.monotonic() - t0
+                lines += 1
                 planning = plan.summary(plan_last)["mean"]
                 print(progress_line(base, last, snap, done / count, due, lag,
                                     queue.llen(queue_key), planning, sum(reads[-1])), flush=True)
                 last, plan_last = snap, dict(plan.last)
         final = snapshot(procs, sims, pg, engine)
         first.capture()
+        explain_planner(engine, interval)
         report(args, count, users, interval, start, base, at_interval, final, first, plan,
                plan_start, plan_interval, seeded, seeded_sizes, sizes(engine), engine, reads)
     finally:
@@ -623,7 +654,7 @@ def report(args: argparse.Namespace, count: int, users: int, interval: float,
             ("dispatcher", final.dispatcher_cpu - base.dispatcher_cpu),
             ("workers + dispatcher", final.paxyo_cpu - base.paxyo_cpu),
             ("PostgreSQL: this database's backends", pg_ours),
-            ("  of which the bench's first-check captures (wall s)", first.seconds),
+            ("  of which the bench's own queries (wall s, upper bound)", first.seconds),
             ("PostgreSQL: other processes (shared)", pg_rest),
             ("simulators", final.sim_cpu - base.sim_cpu),
             ("whole machine", final.busy - base.busy),
@@ -662,7 +693,8 @@ def report(args: argparse.Namespace, count: int, users: int, interval: float,
     if reads:
         due_q, top_q = (sorted(r[i] for r in reads) for i in (0, 1))
         dispatcher_cpu = final.dispatcher_cpu - base.dispatcher_cpu
-        print(f"the planner's read queries, run by the bench every {PROGRESS_EVERY:g}s: due "
+        print(f"the planner's read queries, run by the bench every "
+              f"{PROGRESS_EVERY * PROBE_EVERY:g}s: due "
               f"orders median {due_q[len(due_q) // 2] * 1000:.1f} ms (max "
               f"{due_q[-1] * 1000:.1f}), top-ups median {top_q[len(top_q) // 2] * 1000:.1f} ms "
               f"(max {top_q[-1] * 1000:.1f}); dispatcher CPU per planning tick "
