@@ -255,19 +255,22 @@ def backlog(engine: sa.Engine) -> tuple[int, float]:
 
 
 def explain_planner(engine: sa.Engine, interval: float) -> None:
-    """EXPLAIN (ANALYZE, BUFFERS) of the planner's due query and one top-up, as they are now
-    (read-only; printed so that a slow planning tick can be read off its plan)."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the planner's due query and of one provider's top-up with
+    the planner's LIMIT (the top-up asks for the shard's spare room plus as many rows as that
+    provider has due), as they run now; read-only."""
     now = utcnow()
     due = sa.select(orders.c.provider, orders.c.id).where(
         orders.c.status_class == "open", orders.c.next_check_at <= now, lease_free(now)
     ).order_by(orders.c.next_check_at).limit(50_000)
+    with engine.connect() as conn:
+        provider_due = sum(1 for r in conn.execute(due) if r.provider == PROVIDERS[0])
     ahead = sa.select(orders.c.id).where(
         orders.c.provider == PROVIDERS[0], orders.c.status_class == "open",
         orders.c.next_check_at > now,
         orders.c.next_check_at <= now + timedelta(seconds=interval / 2), lease_free(now)
-    ).order_by(orders.c.next_check_at).limit(150)
+    ).order_by(orders.c.next_check_at).limit(-provider_due % SHARD_SIZE + provider_due)
     with engine.connect() as conn:
-        for label, query in (("due orders", due), ("top-up", ahead)):
+        for label, query in (("due", due), (f"{PROVIDERS[0]} top-up", ahead)):
             sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
             plan = conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {sql}").scalars().all()
             print(f"\nEXPLAIN (ANALYZE, BUFFERS) of the planner's {label} query at the end:")
