@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -603,6 +604,7 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
             print(f"kept database {name} and logs in {workdir}")
         else:
             drop_database(args.database_url, name)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def report(args: argparse.Namespace, count: int, users: int, interval: float,
