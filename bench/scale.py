@@ -72,6 +72,7 @@ from pipeline import (  # noqa: E402
     wait_for,
 )
 
+from dispatcher.loop import MIN_QUEUED  # noqa: E402
 from dispatcher.planner import by_provider, due_orders, top_up  # noqa: E402
 from paxyo.cli.private_redis import PrivateRedis, answers  # noqa: E402
 from paxyo.clock import utcnow  # noqa: E402
@@ -87,6 +88,8 @@ PROBE_EVERY = 4  # progress lines between two timings of the planner's read quer
 SCRAPE_EVERY = 3.0
 CAPTURE_OVERLAP = timedelta(seconds=60)  # observed_at is set before its transaction commits
 SIM_BATCH = 10_000
+# what one tick with an empty queue plans: MIN_QUEUED jobs of 4 shards of 100 orders
+PLANNED_AT_MOST = MIN_QUEUED * 4 * SHARD_SIZE
 
 # u in [0, 1) from the order id: the order's place in the interval (same SQL when seeding
 # the due times and when reading the lags back).
@@ -256,20 +259,20 @@ def backlog(engine: sa.Engine) -> tuple[int, float]:
 
 
 def explain_planner(engine: sa.Engine, interval: float) -> None:
-    """EXPLAIN (ANALYZE, BUFFERS) of the planner's due query and of one provider's top-up with
-    the planner's LIMIT (the top-up asks for the shard's spare room plus as many rows as that
-    provider has due), as they run now; read-only."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the planner's due query (the LIMIT of a tick with an empty
+    queue) and of one provider's top-up (the last shard's spare room), as they run now;
+    read-only."""
     now = utcnow()
     due = sa.select(orders.c.provider, orders.c.id).where(
         orders.c.status_class == "open", orders.c.next_check_at <= now, lease_free(now)
-    ).order_by(orders.c.next_check_at).limit(50_000)
+    ).order_by(orders.c.next_check_at).limit(PLANNED_AT_MOST)
     with engine.connect() as conn:
         provider_due = sum(1 for r in conn.execute(due) if r.provider == PROVIDERS[0])
     ahead = sa.select(orders.c.id).where(
         orders.c.provider == PROVIDERS[0], orders.c.status_class == "open",
         orders.c.next_check_at > now,
         orders.c.next_check_at <= now + timedelta(seconds=interval / 2), lease_free(now)
-    ).order_by(orders.c.next_check_at).limit(-provider_due % SHARD_SIZE + provider_due)
+    ).order_by(orders.c.next_check_at).limit(max(1, -provider_due % SHARD_SIZE))
     with engine.connect() as conn:
         for label, query in (("due", due), (f"{PROVIDERS[0]} top-up", ahead)):
             sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
@@ -462,10 +465,11 @@ def db_counters(engine: sa.Engine) -> dict[str, float]:
 
 def planner_reads(engine: sa.Engine, interval: float) -> tuple[float, float]:
     """Seconds for the planner's read queries of one tick, run here read-only: the due orders
-    (up to 50,000), and each provider's top-up. Planning minus these is mostly leasing."""
+    (as many as a tick with an empty queue plans), and each provider's top-up. Planning minus
+    these is mostly leasing."""
     now = utcnow()
     t0 = time.monotonic()
-    due = due_orders(engine, now, 50_000)
+    due = due_orders(engine, now, PLANNED_AT_MOST)
     t1 = time.monotonic()
     for provider, ids in by_provider(due).items():
         top_up(engine, provider, now, interval / 2, -len(ids) % SHARD_SIZE, set(ids))

@@ -49,7 +49,11 @@ def by_provider(due: list[tuple[str, int]]) -> dict[str, list[int]]:
 
 def top_up(engine: Engine, provider: str, now: datetime, window: float, count: int,
            exclude: set[int]) -> list[int]:
-    """Up to ``count`` of the provider's orders due within ``window`` seconds, soonest first."""
+    """Up to ``count`` of the provider's orders due within ``window`` seconds, soonest first.
+
+    ``exclude`` (the due orders already in the provider's shards) is due by now, so it meets
+    this range only when an order was rescheduled between the two reads: the shard is then a
+    little short, rather than every due order being read again here to make up for it."""
     if count <= 0:
         return []
     with engine.connect() as conn:
@@ -58,7 +62,7 @@ def top_up(engine: Engine, provider: str, now: datetime, window: float, count: i
             .where(orders.c.provider == provider, orders.c.status_class == OPEN,
                    orders.c.next_check_at > now,
                    orders.c.next_check_at <= now + timedelta(seconds=window), lease_free(now))
-            .order_by(orders.c.next_check_at).limit(count + len(exclude))).all()
+            .order_by(orders.c.next_check_at).limit(count)).all()
     return [r.id for r in rows if r.id not in exclude][:count]
 
 
