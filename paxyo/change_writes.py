@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Row
 
 from paxyo.clock import utcnow
 from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_event, record_events
+from paxyo.leases import lease_ended
 from paxyo.ledger import EntryKind, LedgerEntry, lock_balance, lock_balances, post_entries
 from paxyo.money import to_money
 from paxyo.refunds import refund_target, refund_top_up
@@ -52,7 +53,7 @@ _SET_STATUS = (
             remains=bindparam("p_remains"), refunded=bindparam("p_refunded"),
             review_status=None, observed_at=bindparam("p_observed"),
             changed_at=bindparam("p_now"), updated_at=bindparam("p_now"),
-            next_check_at=bindparam("p_next")))
+            next_check_at=bindparam("p_next"), **lease_ended()))
 
 Pending = tuple[int, Status, int | None]  # (order id, new status, remains)
 
@@ -81,10 +82,11 @@ class _Settled:
 
 
 def write_changes(conn: Connection, pending: Sequence[Pending], *, observed_at: datetime,
-                  decimals: int, poll_interval: float,
-                  webhook: bool) -> list[AppliedChange | None]:
+                  decimals: int, poll_interval: float, webhook: bool,
+                  lease_token: str | None = None) -> list[AppliedChange | None]:
     """Write ``pending`` (ordered by user, then order) in a few multi-row statements; one
-    result per change, None where the order had moved on."""
+    result per change, None where the order had moved on. ``lease_token``: the lease of the
+    worker's shard, ended on each order written."""
     locked = {row.id: row for row in conn.execute(
         _LOCK_ORDERS, {"p_oids": [order_id for order_id, _, _ in pending]})}
     settled = [_settle(locked.get(order_id), status, remains, observed_at, decimals)
@@ -104,8 +106,8 @@ def write_changes(conn: Connection, pending: Sequence[Pending], *, observed_at: 
         if s.top_up > 0:
             running[s.row.user_id] = next(after)
         shown[s.row.id] = running[s.row.user_id]
-    result = conn.execute(_SET_STATUS, [_status_params(s, observed_at, now, poll_interval)
-                                        for s in live])
+    result = conn.execute(_SET_STATUS, [
+        _status_params(s, observed_at, now, poll_interval, lease_token) for s in live])
     if conn.dialect.supports_sane_multi_rowcount and result.rowcount != len(live):
         raise RuntimeError("an order changed under its row lock")
     events = iter(record_events(conn, [
@@ -115,8 +117,8 @@ def write_changes(conn: Connection, pending: Sequence[Pending], *, observed_at: 
 
 
 def write_change(conn: Connection, order_id: int, status: Status, remains: int | None, *,
-                 observed_at: datetime, decimals: int, poll_interval: float,
-                 webhook: bool) -> AppliedChange | None:
+                 observed_at: datetime, decimals: int, poll_interval: float, webhook: bool,
+                 lease_token: str | None = None) -> AppliedChange | None:
     """One change with its own statements (lock order, lock account, ledger entry and
     balance if it refunds, order, outbox row)."""
     s = _settle(conn.execute(_LOCK_ORDER, {"p_oid": order_id}).first(), status, remains,
@@ -130,7 +132,8 @@ def write_change(conn: Connection, order_id: int, status: Status, remains: int |
     if s.top_up > 0:
         balance = post_entries(conn, balances={s.row.user_id: balance}, now=now,
                                entries=[_refund_entry(s)])[0]
-    result = conn.execute(_SET_STATUS, _status_params(s, observed_at, now, poll_interval))
+    result = conn.execute(_SET_STATUS, _status_params(s, observed_at, now, poll_interval,
+                                                      lease_token))
     if result.rowcount != 1:
         raise RuntimeError(f"order {order_id} changed under its row lock")
     event = record_event(conn, s.row.user_id, ORDER_UPDATED, _event_body(s, balance, decimals),
@@ -157,9 +160,10 @@ def _refund_entry(s: _Settled) -> LedgerEntry:
                        f"refund:{order_id}:{s.refunded + s.top_up}", order_id, s.status.name)
 
 
-def _status_params(s: _Settled, observed_at: datetime, now: datetime,
-                   poll_interval: float) -> dict[str, Any]:
-    return {"p_oid": s.row.id, "p_old_status": s.row.status, "p_old_refunded": s.row.refunded,
+def _status_params(s: _Settled, observed_at: datetime, now: datetime, poll_interval: float,
+                   lease_token: str | None) -> dict[str, Any]:
+    return {"p_lease": lease_token, "p_oid": s.row.id, "p_old_status": s.row.status,
+            "p_old_refunded": s.row.refunded,
             "p_status": s.status.name, "p_class": s.status.cls.value, "p_remains": s.remains,
             "p_refunded": s.refunded + s.top_up, "p_observed": observed_at, "p_now": now,
             "p_next": next_check_at(now, now, poll_interval)}

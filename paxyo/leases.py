@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Engine, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Engine, bindparam, case, or_, select, update
 from sqlalchemy.engine import Connection
 
 from paxyo.statuses import StatusClass
@@ -81,6 +81,20 @@ def lease_all(conn: Connection, cuts: Sequence[Sequence[int]], now: datetime,
     for order_id, token in conn.execute(_LEASED, {"p_tokens": tokens}):
         leased[token].append(order_id)
     return [(token, tuple(leased[token])) for token in tokens]
+
+
+def lease_ended() -> dict[str, ColumnElement[object]]:
+    """SET values for an UPDATE that writes a checked order: they end the lease of the token
+    bound as ``p_lease`` (None: no lease to end) and leave another token's lease alone. So a
+    worker's check releases its orders in the statement that records it, not in one more row
+    version each. ``lease_until`` is cleared also where ``lease_token`` is already NULL, so
+    the result does not depend on the order in which the database evaluates the two."""
+    token = bindparam("p_lease", type_=orders.c.lease_token.type)
+    return {"lease_until": case((or_(orders.c.lease_token.is_(None),
+                                     orders.c.lease_token == token), None),
+                                else_=orders.c.lease_until),
+            "lease_token": case((orders.c.lease_token == token, None),
+                                else_=orders.c.lease_token)}
 
 
 def releaser(token: str) -> Callable[[Connection], object]:

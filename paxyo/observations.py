@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Row
 
 from paxyo.change_writes import AppliedChange, write_change, write_changes
 from paxyo.clock import utcnow
-from paxyo.leases import still_open
+from paxyo.leases import lease_ended, releaser, still_open
 from paxyo.limits import MAX_REMAINS, is_provider_order_id
 from paxyo.schedule import next_checks
 from paxyo.status_entries import EntryError, StatusEntry
@@ -55,11 +55,11 @@ _STILL_CHECKABLE = and_(still_open(),
                             orders.c.observed_at <= bindparam("obs")))
 _RESCHEDULE = (update(orders).where(orders.c.id == bindparam("oid"), _STILL_CHECKABLE)
                .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
-                       review_status=bindparam("review")))
+                       review_status=bindparam("review"), **lease_ended()))
 _RESCHEDULE_ALIKE = (update(orders)
                      .where(orders.c.id.in_(bindparam("oids", expanding=True)), _STILL_CHECKABLE)
                      .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
-                             review_status=bindparam("review")))
+                             review_status=bindparam("review"), **lease_ended()))
 
 
 @dataclass
@@ -152,14 +152,15 @@ def apply_observations(
     observed_at: datetime,
     decimals: int,
     poll_interval: float,
-    release: Callable[[Connection], object] | None = None,
+    lease_token: str | None = None,
     webhook: bool = False,
 ) -> ApplyReport:
     """Apply one provider reply (keyed by provider order id) to the given panel orders.
 
-    ``release``, if given, runs last in the same transaction (a worker frees its shard's
-    leases there, saving a write transaction per shard). The caller counts the returned
-    report in its metrics once it is committed. ``webhook``: also queue each event for
+    ``lease_token``: a worker's shard, whose leases end in the same transaction (each in the
+    statement that writes its order; then any order not written), saving a write
+    transaction per shard. The caller counts the returned report in its metrics once it is
+    committed. ``webhook``: also queue each event for
     webhook delivery (PAXYO_WEBHOOK_URL is set).
     """
     ids = list(order_ids)
@@ -169,28 +170,29 @@ def apply_observations(
         rows = conn.execute(_READ, {"p_oids": ids}).all()
     decisions = decide(rows, replies, observed_at)
     report = decisions.report
-    if not decisions.pending and not decisions.touches and release is None:
+    if not decisions.pending and not decisions.touches and lease_token is None:
         return report
 
     def run(conn: Connection, *, isolated: bool) -> list[AppliedChange | _Rejected | None]:
         applied: list[AppliedChange | _Rejected | None]
         if isolated:
             applied = [_apply_alone(conn, row, status, remains, observed_at, decimals,
-                                    poll_interval, webhook)
+                                    poll_interval, webhook, lease_token)
                        for row, status, remains in decisions.pending]
         elif decisions.pending:
             applied = list(write_changes(
                 conn, [(row.id, status, remains) for row, status, remains in decisions.pending],
                 observed_at=observed_at, decimals=decimals, poll_interval=poll_interval,
-                webhook=webhook))
+                webhook=webhook, lease_token=lease_token))
         else:
             applied = []
         refused = [_Touch(r.order_id, r.review_status) for r in applied
                    if isinstance(r, _Rejected)]
         if decisions.touches or refused:
-            _reschedule(conn, decisions.touches + refused, rows, observed_at, poll_interval)
-        if release is not None:
-            release(conn)
+            _reschedule(conn, decisions.touches + refused, rows, observed_at, poll_interval,
+                        lease_token)
+        if lease_token is not None:  # orders not written (closed or observed later meanwhile)
+            releaser(lease_token)(conn)
         return applied
 
     # Every change in its own savepoint costs seven statements per change rather than a few
@@ -228,7 +230,7 @@ class _Rejected:
 
 def _apply_alone(conn: Connection, row: Row, status: Status, remains: int | None,
                  observed_at: datetime, decimals: int, poll_interval: float,
-                 webhook: bool) -> AppliedChange | _Rejected | None:
+                 webhook: bool, lease_token: str | None) -> AppliedChange | _Rejected | None:
     """One change in its own savepoint, so that a change that fails is undone on its own.
 
     Lock conflicts (deadlocks, serialization failures, a busy SQLite) are not this change's
@@ -238,7 +240,7 @@ def _apply_alone(conn: Connection, row: Row, status: Status, remains: int | None
         with conn.begin_nested():
             return write_change(conn, row.id, status, remains, observed_at=observed_at,
                                 decimals=decimals, poll_interval=poll_interval,
-                                webhook=webhook)
+                                webhook=webhook, lease_token=lease_token)
     except Exception as exc:
         conflict = _lock_conflict(exc)
         if conflict is exc:
@@ -271,7 +273,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _reschedule(conn: Connection, touches: list[_Touch], rows: list[Row],
-                observed_at: datetime, poll_interval: float) -> None:
+                observed_at: datetime, poll_interval: float, lease_token: str | None) -> None:
     """Record that these orders were checked and when to check them next.
 
     One statement per (review note, next check) that several orders share (orders unchanged
@@ -284,7 +286,7 @@ def _reschedule(conn: Connection, touches: list[_Touch], rows: list[Row],
         groups[(t.review_status, next_at(changed_at[t.order_id]))].append(t.order_id)
     singles = []
     for (review, when), ids in groups.items():
-        params = {"review": review, "obs": observed_at, "next": when}
+        params = {"review": review, "obs": observed_at, "next": when, "p_lease": lease_token}
         if len(ids) == 1:
             singles.append({**params, "oid": ids[0]})
         else:

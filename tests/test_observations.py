@@ -179,3 +179,39 @@ def test_orders_of_different_ages_are_each_rescheduled_by_their_own_age(any_engi
     assert delay[4] == delay[6] == pytest.approx(20, abs=1)
     assert rows[2].review_status == "Fail" and rows[1].review_status is None
     assert all(rows[oid].observed_at is not None for oid in ages)
+
+
+def test_a_workers_check_ends_its_own_leases_and_no_other(any_engine, monkeypatch):
+    """The statements that write a checked order also end its lease (on every database,
+    whatever order it evaluates SET in); an order leased under another token keeps it, and
+    the release at the end frees what no statement wrote."""
+    from paxyo import observations
+    from paxyo.leases import lease, releaser
+    from paxyo.store.engine import transactional
+
+    monkeypatch.setattr(observations, "releaser", lambda token: lambda conn: None)
+
+    seed(any_engine, 5)
+    now = utcnow()
+    until = now + timedelta(seconds=120)
+    mine, _ = transactional(any_engine, lambda conn: lease(conn, [1, 2, 3, 5], now, until))
+    theirs, _ = transactional(any_engine, lambda conn: lease(conn, [4], now, until))
+    with any_engine.begin() as conn:  # order 5 was closed meanwhile: not written, still freed
+        conn.execute(update(orders).where(orders.c.id == 5).values(status_class="canceled"))
+    replies = {"7001": StatusEntry("Canceled", 0, None, None),        # a change
+               "7002": StatusEntry("Pending", 1000, None, None),      # nothing new
+               "7004": StatusEntry("Canceled", 0, None, None)}        # 7003: no answer
+    report = apply_observations(any_engine, "sim", range(1, 6), replies, observed_at=utcnow(),
+                                decimals=2, poll_interval=30, lease_token=mine)
+    assert [c.order_id for c in report.changes] == [1, 4]
+    with any_engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(orders))}
+    for oid in (1, 2, 3):  # ended by the statements that wrote them
+        assert (rows[oid].lease_token, rows[oid].lease_until) == (None, None), oid
+    assert rows[4].lease_token == theirs and rows[4].lease_until is not None
+    assert rows[4].status == "Canceled"  # checked all the same; its own holder ends its lease
+    assert rows[5].lease_token == mine  # not written: left to the release at the end
+    transactional(any_engine, releaser(mine))
+    with any_engine.connect() as conn:
+        row = conn.execute(select(orders).where(orders.c.id == 5)).one()
+    assert (row.lease_token, row.lease_until) == (None, None)

@@ -16,7 +16,7 @@ from rq import get_current_job
 
 from paxyo.change_writes import AppliedChange
 from paxyo.clock import utcnow
-from paxyo.leases import claim_all, defer, releaser
+from paxyo.leases import claim_all, defer
 from paxyo.limits import is_provider_order_id
 from paxyo.observations import apply_observations, refund_line
 from paxyo.shard_policy import running_lease_seconds
@@ -134,7 +134,7 @@ def _apply(ctx: WorkerContext, shard: _Ready,
     report = apply_observations(
         ctx.engine, shard.provider, list(shard.refs), replies, observed_at=shard.observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval,
-        release=releaser(shard.token), webhook=settings.webhooks_enabled)
+        lease_token=shard.token, webhook=settings.webhooks_enabled)
     ctx.metrics.count_applied(shard.provider, report)
     _log_changes(report.changes)
     _publish(ctx, [c.event.outbox_id for c in report.changes])
