@@ -371,6 +371,9 @@ class Result:
     server_wait_s: float = 0.0
     clients_wait_s: float = 0.0
     publisher_wait_s: float = 0.0
+    # p99 seen by each load generator: a server stall delays all of them alike (every batch
+    # goes to all), a starved load generator only its own events.
+    p99_per_client_ms: list = field(default_factory=list)
     load_start: float = 0.0  # the machine's 1-minute load average at the window's edges
     load_end: float = 0.0
     rss_per_conn_kb: float = 0.0
@@ -682,6 +685,7 @@ class Bench:
                 part.frombytes(f.read())
             os.unlink(report["path"])
             lat.extend(part)
+            result.p99_per_client_ms.append(percentile(array("q", sorted(part)), 0.99) / 1000)
             for k, v in report["closed"].items():
                 closed[k] = closed.get(k, 0) + v
         lat = array("q", sorted(lat))
@@ -735,7 +739,9 @@ class Bench:
 
 def row_text(r: Result) -> str:
     return (f"{r.server:8s} C={r.clients:<6d} {r.rate:>6d} ev/s: p50 {r.p50_ms:7.1f} ms, "
-            f"p99 {r.p99_ms:7.1f} ms, max {r.max_ms:7.1f} ms, {r.deliveries_per_s:8.0f} deliv/s, "
+            f"p99 {r.p99_ms:7.1f} ms ("
+            + "/".join(f"{v:.1f}" for v in r.p99_per_client_ms) + " per load generator), "
+            f"max {r.max_ms:7.1f} ms, {r.deliveries_per_s:8.0f} deliv/s, "
             f"{r.deliveries_per_cpu_s:8.0f} deliv/CPU-s (server {r.server_cpu_s / r.seconds:.2f} "
             f"cores, {r.server_sys_s / max(r.server_cpu_s, 1e-9):.0%} kernel), "
             f"RSS/conn {r.rss_per_conn_kb:5.1f} KB, lost {r.lost}"
