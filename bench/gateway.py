@@ -317,16 +317,21 @@ def publish_main(args: argparse.Namespace) -> None:
         time.sleep(delay)
     start = time.monotonic()
     sent = in_window = 0
+    # Per in-window event: publish time stamp -> its pipeline's XADDs acknowledged (µs). A
+    # starved publisher holds stamped events; this tells that delay from the server's.
+    held = array("q")
     while sent < total:
         due = min(total, int((time.monotonic() - start) * args.rate))
         if due > sent:
             pipe = client.pipeline(transaction=False)
+            stamps = []
             for n in range(sent, due):
                 user = args.first_user + int(rng.random() * args.users)
                 outbox_id = args.first_id + n
                 ts = time.time_ns() // 1000
                 if win_start <= ts < win_end:
                     in_window += 1
+                    stamps.append(ts)
                 payload = orjson.dumps({
                     "type": "order.updated", "id": str(outbox_id).zfill(16),
                     "order_id": 100000 + outbox_id, "user_id": user, "status": "Partial",
@@ -336,10 +341,15 @@ def publish_main(args: argparse.Namespace) -> None:
                 pipe.xadd(stream, {"u": user, "i": outbox_id, "t": ts // 1000, "d": payload},
                           maxlen=STREAM_MAXLEN, approximate=True)
             pipe.execute()
+            done = time.time_ns() // 1000
+            held.extend(done - ts for ts in stamps)
             sent = due
         time.sleep(TICK)
+    held = array("q", sorted(held))
     print(json.dumps({"sent": sent, "in_window": in_window,
-                      "seconds": round(time.monotonic() - start, 3)}), flush=True)
+                      "seconds": round(time.monotonic() - start, 3),
+                      "held_p99_ms": percentile(held, 0.99) / 1000,
+                      "held_max_ms": (held[-1] / 1000) if held else None}), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,6 +384,9 @@ class Result:
     # p99 seen by each load generator: a server stall delays all of them alike (every batch
     # goes to all), a starved load generator only its own events.
     p99_per_client_ms: list = field(default_factory=list)
+    # Our publisher only: stamp -> XADD acknowledged, p99 and max (a starved publisher's share).
+    publisher_held_p99_ms: float | None = None
+    publisher_held_max_ms: float | None = None
     load_start: float = 0.0  # the machine's 1-minute load average at the window's edges
     load_end: float = 0.0
     rss_per_conn_kb: float = 0.0
@@ -692,6 +705,8 @@ class Bench:
         cpu = {k: sum(after[k]) - sum(before[k]) for k in watched}
         result.seconds = measured
         result.expected = pub_report["in_window"] * args.sockets_per_user
+        result.publisher_held_p99_ms = pub_report.get("held_p99_ms")
+        result.publisher_held_max_ms = pub_report.get("held_max_ms")
         result.delivered = len(lat)
         result.p50_ms = percentile(lat, 0.50) / 1000
         result.p99_ms = percentile(lat, 0.99) / 1000
@@ -746,6 +761,9 @@ def row_text(r: Result) -> str:
             f"cores, {r.server_sys_s / max(r.server_cpu_s, 1e-9):.0%} kernel), "
             f"RSS/conn {r.rss_per_conn_kb:5.1f} KB, lost {r.lost}"
             + (f", closed {r.closed}" if r.closed else "")
+            + (f", publisher held events p99 {r.publisher_held_p99_ms:.1f} ms, max "
+               f"{r.publisher_held_max_ms:.1f} ms before Redis had them"
+               if r.publisher_held_max_ms is not None else "")
             + f" [CPU cores: clients {r.clients_cpu_s / r.seconds:.2f}, publisher "
               f"{r.publisher_cpu_s / r.seconds:.2f}"
             + (f", redis {r.redis_cpu_s / r.seconds:.2f}" if r.redis_cpu_s is not None else "")
