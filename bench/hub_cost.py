@@ -22,6 +22,7 @@ import asyncio
 import inspect
 import os
 import random
+import resource
 import shutil
 import socket
 import subprocess
@@ -43,6 +44,12 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         sys.path.insert(0, args.child[0])
+        # Two descriptors per subscriber (its socket pair): --users 10000 needs over 20,000.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = 2 * args.users + 256
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY
+                                                        else min(want, hard), hard))
         import uvloop  # the gateway's loop
 
         uvloop.run(route_batches(args.users, args.batches, int(args.child[1])))
@@ -71,12 +78,15 @@ def per_event(tree: Path, args: argparse.Namespace, tmp: Path) -> float:
     for rounds in (1, 3):
         out = tmp / f"callgrind.{tree.name}.{rounds}"
         print(f"callgrind: {tree} x{rounds} ...", flush=True)
-        subprocess.run(
+        done = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
              __file__, "--users", str(args.users), "--batches", str(args.batches),
              "--child", str(tree), str(rounds)],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(tree)}, cwd=tree)
+        if done.returncode:  # e.g. too many open files: counting a failed run would mislead
+            sys.exit(f"hub_cost: the run in {tree} failed:\n"
+                     + done.stderr.decode(errors="replace")[-2000:])
         totals.append(_total_instructions(out))
     return (totals[1] - totals[0]) / (2 * args.batches * BATCH)
 
