@@ -41,6 +41,7 @@ from pipeline import (  # noqa: E402
     Processes,
     _answers_http,
     _drop_redis_keys,
+    bench_redis,
     free_port,
     fresh_database,
     provider_of,
@@ -49,7 +50,6 @@ from pipeline import (  # noqa: E402
     wait_for,
 )
 
-from paxyo.cli.private_redis import PrivateRedis, answers  # noqa: E402
 from paxyo.clock import utcnow  # noqa: E402
 from paxyo.store.engine import open_engine  # noqa: E402
 from paxyo.store.schema import orders  # noqa: E402
@@ -181,16 +181,8 @@ def main() -> None:
                                                               "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
     assert USERS >= WATCHED_USERS
-    private = None
-    redis_url = args.redis_url
-    if not answers(redis_url):
-        private = PrivateRedis(free_port())
-        redis_url = private.start()
-    try:
+    with bench_redis(args.redis_url) as redis_url:
         run(args, redis_url)
-    finally:
-        if private is not None:
-            private.stop()
 
 
 if __name__ == "__main__":

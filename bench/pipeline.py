@@ -13,6 +13,7 @@ once. Prints a table; asserts nothing on time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import subprocess
@@ -21,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -87,14 +89,27 @@ def provider_of(oid: int) -> str:
     return PROVIDERS[oid % len(PROVIDERS)]
 
 
-def final_state(oid: int) -> tuple[str, int] | None:
-    """About 10% of orders end (half Canceled, half Partial); the rest stay In progress."""
+def final_state(oid: int, rate: float = CHANGE_RATE) -> tuple[str, int] | None:
+    """About ``rate`` of orders end (half Canceled, half Partial); the rest stay In progress."""
     bucket = (oid * 7919) % 1000
-    if bucket < CHANGE_RATE * 500:
+    if bucket < rate * 500:
         return "Canceled", 1000
-    if bucket < CHANGE_RATE * 1000:
+    if bucket < rate * 1000:
         return "Partial", 1 + oid % 999
     return None
+
+
+@contextlib.contextmanager
+def bench_redis(url: str) -> Iterator[str]:
+    """``url`` when a Redis answers there, else a private one on a free port for the run."""
+    if answers(url):
+        yield url
+        return
+    private = PrivateRedis(free_port())
+    try:
+        yield private.start()
+    finally:
+        private.stop()
 
 
 def seed_database(url: str, count: int) -> None:
@@ -319,13 +334,8 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL",
                                                               "redis://127.0.0.1:6379/0"))
     args = parser.parse_args()
-    private = None
-    redis_url = args.redis_url
-    if not answers(redis_url):
-        private = PrivateRedis(free_port())
-        redis_url = private.start()
     rows = []
-    try:
+    with bench_redis(args.redis_url) as redis_url:
         for count in (int(n) for n in args.orders.split(",")):
             for workers in (int(w) for w in args.workers.split(",")):
                 for per_job in (int(k) for k in args.shards_per_job.split(",")):
@@ -335,9 +345,6 @@ def main() -> None:
                     print(f"N={count} W={workers} shards/job={per_job}: "
                           f"{row['seconds']:.1f}s, {row['calls']} calls, "
                           f"{row['cpu_per_1000']:.3f} CPU s/1000", flush=True)
-    finally:
-        if private is not None:
-            private.stop()
     print()
     print(f"simulator latency {args.latency_ms} ms, 2 providers, "
           f"{os.cpu_count()} CPUs, database {args.database_url or 'SQLite'}")

@@ -66,6 +66,8 @@ from pipeline import (  # noqa: E402
     Processes,
     _answers_http,
     _drop_redis_keys,
+    bench_redis,
+    final_state,
     free_port,
     get_json,
     post_json,
@@ -74,7 +76,6 @@ from pipeline import (  # noqa: E402
 
 from dispatcher.loop import MIN_QUEUED  # noqa: E402
 from dispatcher.planner import by_provider, due_orders, top_up  # noqa: E402
-from paxyo.cli.private_redis import PrivateRedis, answers  # noqa: E402
 from paxyo.clock import utcnow  # noqa: E402
 from paxyo.leases import lease_free  # noqa: E402
 from paxyo.schedule import dispatch_allowance  # noqa: E402
@@ -94,16 +95,6 @@ PLANNED_AT_MOST = MIN_QUEUED * 4 * SHARD_SIZE
 # u in [0, 1) from the order id: the order's place in the interval (same SQL when seeding
 # the due times and when reading the lags back).
 FRACTION = "((hashint8(o.id)::float8 + 2147483648.0) / 4294967296.0)"
-
-
-def changing(oid: int, rate: float) -> tuple[str, int] | None:
-    """pipeline.final_state with a rate: half Canceled, half Partial, the rest unchanged."""
-    bucket = (oid * 7919) % 1000
-    if bucket < rate * 500:
-        return "Canceled", 1000
-    if bucket < rate * 1000:
-        return "Partial", 1 + oid % 999
-    return None
 
 
 def provider_sql() -> str:
@@ -305,7 +296,7 @@ def seed_simulators(sims: dict[str, str], count: int, rate: float) -> None:
     for index, base in enumerate(sims.values()):  # PROVIDERS[oid % 2]: alpha even, beta odd
         batch: list[dict] = []
         for oid in range(index or len(PROVIDERS), count + 1, len(PROVIDERS)):
-            status, remains = changing(oid, rate) or ("In progress", 1000)
+            status, remains = final_state(oid, rate) or ("In progress", 1000)
             batch.append({"id": str(oid), "status": status, "remains": remains})
             if len(batch) >= SIM_BATCH:
                 post_json(f"{base}/sim/orders", {"orders": batch})
@@ -738,16 +729,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true",
                         help="keep the database and the processes' logs")
     args = parser.parse_args()
-    private = None
-    redis_url = args.redis_url
-    if not answers(redis_url):
-        private = PrivateRedis(free_port())
-        redis_url = private.start()
-    try:
+    with bench_redis(args.redis_url) as redis_url:
         run(args, redis_url)
-    finally:
-        if private is not None:
-            private.stop()
 
 
 if __name__ == "__main__":
