@@ -121,21 +121,18 @@ def parse_single_status(body: bytes | str) -> StatusEntry:
 
 def parse_entry(value: Any) -> StatusEntry | EntryError:
     """One per-order status entry, or why it cannot be used."""
-    if isinstance(value, str):
-        return EntryError(value.strip() or "empty error string")
     if not isinstance(value, dict):
+        if isinstance(value, str):
+            return EntryError(value.strip() or "empty error string")
         return EntryError(f"entry is a {type(value).__name__}", "bad_entry")
     if "error" in value:
         return EntryError(_text(value["error"]) or "empty error")
     status = value.get("status")
-    if not isinstance(status, str) or not status.strip():
+    if not isinstance(status, str) or not (status := status.strip()):
         return EntryError("entry without a status string", "bad_entry")
-    return StatusEntry(
-        status=status.strip(),
-        remains=parse_remains(value.get("remains")),
-        charge=_optional_text(value.get("charge")),
-        currency=_optional_text(value.get("currency")),
-    )
+    return StatusEntry(status, parse_remains(value.get("remains")),
+                       _optional_text(value.get("charge")),
+                       _optional_text(value.get("currency")))
 
 
 def parse_remains(value: Any) -> int | None:
@@ -145,6 +142,10 @@ def parse_remains(value: Any) -> int | None:
     10**30 is no number this system can use or store. A leading "+" is refused: SmartPanel
     writes over-delivery as "+N", so its sign is ambiguous.
     """
+    if type(value) is str:  # the common case: a few ASCII digits, below MAX_REMAINS
+        text = value.strip()
+        if len(text) < 16 and text.isdigit() and text.isascii():
+            return int(text)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, float):

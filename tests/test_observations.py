@@ -33,13 +33,16 @@ def apply(engine, replies, ids):
 
 
 @pytest.mark.parametrize("value", ["1e30", "1e400", 10**30, -(10**30), "1E19", 2**63,
+                                   "1000000000000001", "\u00b2", "1\u00b2", "12\x003",
                                    "\uff19", "\u0663", "1_000", "NaN", "Infinity", "1e-5", "\x00"])
 def test_remains_out_of_range_or_not_ascii_is_no_number(value):
     assert parse_remains(value) is None
 
 
 @pytest.mark.parametrize("value, expected", [("157", 157), (157, 157), ("157.0", 157),
-                                             ("-5", -5), (" 42 ", 42), ("0", 0)])
+                                             ("-5", -5), (" 42 ", 42), ("0", 0),
+                                             ("999999999999999", 10**15 - 1),
+                                             ("1000000000000000", 10**15), ("007", 7)])
 def test_remains_within_range_are_read(value, expected):
     assert parse_remains(value) == expected
 
