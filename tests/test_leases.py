@@ -118,8 +118,9 @@ def test_leased_orders_fall_due_when_their_lease_ends_and_not_before(ten):
     assert {r.next_check_at for oid, r in rows(ten).items() if oid <= 4} == {UNTIL}
     assert [oid for _, oid in due_orders(ten, NOW, 100)] == [5, 6, 7, 8, 9, 10]
     at = NOW + timedelta(seconds=10)
-    claim(ten, token, (1, 2, 3, 4), at, 300)  # a worker runs the shard: due when it may be lost
-    assert rows(ten)[1].next_check_at == at + timedelta(seconds=300)
+    claim(ten, token, (1, 2, 3, 4), at, 300)  # a worker runs the shard: held until at + 300
+    assert rows(ten)[1].next_check_at == UNTIL  # only the lease is extended (no index holds it)
+    assert 1 not in {oid for _, oid in due_orders(ten, UNTIL + timedelta(seconds=1), 100)}
     later = at + timedelta(seconds=301)  # the worker was killed: the orders are due again
     assert [oid for _, oid in due_orders(ten, later, 100)][:4] == [5, 6, 7, 8]
     assert {1, 2, 3, 4} <= {oid for _, oid in due_orders(ten, later, 100)}
