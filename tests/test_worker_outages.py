@@ -99,9 +99,13 @@ class Rig:
             conn.execute(sa.update(orders).where(orders.c.id.in_(ids))
                          .values(next_check_at=utcnow() - timedelta(seconds=1)))
         client = redis.Redis.from_url(self.redis.url)
+        dispatcher = Dispatcher(self.settings, self.engine, client, process_metrics())
         try:
-            shards = Dispatcher(self.settings, self.engine, client, process_metrics()).tick()
+            shards = dispatcher.tick()
         finally:
+            # as a stopping dispatcher does: the next call's new dispatcher must not wait out
+            # this one's leader lock (a Redis restarted with its data still holds it)
+            dispatcher.lock.release()
             client.close()
         assert set(ids) <= {i for s in shards for i in s.order_ids}  # (topped up with others)
         return ids
