@@ -1,12 +1,11 @@
 """Writing a reply's status changes: each order's status, refund, balance and event together.
 
-Two ways, with the same checks and the same results. :func:`write_changes` writes a whole
-reply with a handful of multi-row statements, whatever the number of changes: lock the changed
-orders (ascending id), lock their users' accounts (ascending user id, the order every caller
-that locks several accounts uses), then one statement each for the ledger entries, the
-balances, the orders and the outbox rows. The statements, not the rows, are what cost a
-worker's CPU, so this is the fast path. :func:`write_change` writes one change with its own
-statements, for the fallback that gives each change its own savepoint (see
+:func:`write_changes` writes a whole reply with a handful of multi-row statements, whatever
+the number of changes: lock the changed orders (ascending id), lock their users' accounts
+(ascending user id, the order every caller that locks several accounts uses), then one
+statement each for the ledger entries, the balances, the orders and the outbox rows. The
+statements, not the rows, are what cost a worker's CPU. :func:`write_change` is the same for
+one change, for the fallback that gives each change its own savepoint (see
 paxyo.observations).
 
 Each change is re-checked under its row lock: an order already closed, or observed later by
@@ -25,9 +24,9 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection, Row
 
 from paxyo.clock import utcnow
-from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_event, record_events
+from paxyo.events import ORDER_UPDATED, PendingEvent, order_event_body, record_events
 from paxyo.leases import lease_ended
-from paxyo.ledger import EntryKind, LedgerEntry, lock_balance, lock_balances, post_entries
+from paxyo.ledger import EntryKind, LedgerEntry, lock_balances, post_entries
 from paxyo.money import to_money
 from paxyo.refunds import refund_target, refund_top_up
 from paxyo.schedule import next_check_at
@@ -41,7 +40,6 @@ _LOCKED_COLUMNS = (orders.c.id, orders.c.user_id, orders.c.status, orders.c.stat
                    orders.c.observed_at, orders.c.remains, orders.c.charge, orders.c.refunded,
                    orders.c.quantity)
 # Built once: these run for every reply (statement construction costs more than execution).
-_LOCK_ORDER = select(*_LOCKED_COLUMNS).where(orders.c.id == bindparam("p_oid")).with_for_update()
 _LOCK_ORDERS = (select(*_LOCKED_COLUMNS)
                 .where(orders.c.id.in_(bindparam("p_oids", expanding=True)))
                 .order_by(orders.c.id).with_for_update())
@@ -119,26 +117,10 @@ def write_changes(conn: Connection, pending: Sequence[Pending], *, observed_at: 
 def write_change(conn: Connection, order_id: int, status: Status, remains: int | None, *,
                  observed_at: datetime, decimals: int, poll_interval: float, webhook: bool,
                  lease_token: str | None = None) -> AppliedChange | None:
-    """One change with its own statements (lock order, lock account, ledger entry and
-    balance if it refunds, order, outbox row)."""
-    s = _settle(conn.execute(_LOCK_ORDER, {"p_oid": order_id}).first(), status, remains,
-                observed_at, decimals)
-    if s is None:
-        return None
-    now = utcnow()
-    locked = lock_balance(conn, s.row.user_id)
-    assert locked is not None, "an order always has an account"
-    balance = to_money(locked, decimals)
-    if s.top_up > 0:
-        balance = post_entries(conn, balances={s.row.user_id: balance}, now=now,
-                               entries=[_refund_entry(s)])[0]
-    result = conn.execute(_SET_STATUS, _status_params(s, observed_at, now, poll_interval,
-                                                      lease_token))
-    if result.rowcount != 1:
-        raise RuntimeError(f"order {order_id} changed under its row lock")
-    event = record_event(conn, s.row.user_id, ORDER_UPDATED, _event_body(s, balance, decimals),
-                         now, webhook=webhook)
-    return _applied(s, balance, event)
+    """One change alone, for the fallback that gives each change its own savepoint."""
+    return write_changes(conn, [(order_id, status, remains)], observed_at=observed_at,
+                         decimals=decimals, poll_interval=poll_interval, webhook=webhook,
+                         lease_token=lease_token)[0]
 
 
 def _settle(row: Row | None, status: Status, remains: int | None, observed_at: datetime,

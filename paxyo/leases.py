@@ -17,7 +17,7 @@ orders are rarely due again before it ends).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Engine, bindparam, case, or_, select, update
@@ -30,7 +30,8 @@ from paxyo.store.schema import orders
 OPEN = StatusClass.OPEN.value
 
 
-def lease_free(now: datetime) -> ColumnElement[bool]:
+def lease_free(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
+    """Not leased, or the lease ended before ``now`` (a time, or a bind parameter)."""
     return or_(orders.c.lease_until.is_(None), orders.c.lease_until < now)
 
 
@@ -47,7 +48,7 @@ def still_open() -> ColumnElement[bool]:
 # Built once: these run for every shard (building a statement costs more than running it).
 _LEASE = (update(orders)
           .where(orders.c.id.in_(bindparam("p_oids", expanding=True)), still_open(),
-                 or_(orders.c.lease_until.is_(None), orders.c.lease_until < bindparam("p_now")))
+                 lease_free(bindparam("p_now")))
           .values(lease_until=bindparam("p_until"), lease_token=bindparam("p_token"),
                   next_check_at=bindparam("p_until")))
 _LEASED = (select(orders.c.id, orders.c.lease_token)
@@ -100,9 +101,9 @@ def lease_ended() -> dict[str, ColumnElement[object]]:
                                 else_=orders.c.lease_token)}
 
 
-def releaser(token: str) -> Callable[[Connection], object]:
-    """The release of ``token``'s leases, to run inside a caller's transaction."""
-    return lambda conn: conn.execute(_RELEASE, {"p_token": token})
+def release(conn: Connection, token: str) -> None:
+    """End ``token``'s leases, in the caller's transaction."""
+    conn.execute(_RELEASE, {"p_token": token})
 
 
 def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Row
 
 from paxyo.change_writes import AppliedChange, write_change, write_changes
 from paxyo.clock import utcnow
-from paxyo.leases import lease_ended, releaser, still_open
+from paxyo.leases import lease_ended, release, still_open
 from paxyo.limits import MAX_REMAINS, is_provider_order_id
 from paxyo.schedule import next_checks
 from paxyo.status_entries import EntryError, StatusEntry
@@ -53,13 +53,13 @@ _READ = select(orders.c.id, orders.c.user_id, orders.c.status, orders.c.status_c
 _STILL_CHECKABLE = and_(still_open(),
                         or_(orders.c.observed_at.is_(None),
                             orders.c.observed_at <= bindparam("obs")))
+_CHECKED = {"observed_at": bindparam("obs"), "next_check_at": bindparam("next"),
+            "review_status": bindparam("review"), **lease_ended()}
 _RESCHEDULE = (update(orders).where(orders.c.id == bindparam("oid"), _STILL_CHECKABLE)
-               .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
-                       review_status=bindparam("review"), **lease_ended()))
+               .values(_CHECKED))
 _RESCHEDULE_ALIKE = (update(orders)
                      .where(orders.c.id.in_(bindparam("oids", expanding=True)), _STILL_CHECKABLE)
-                     .values(observed_at=bindparam("obs"), next_check_at=bindparam("next"),
-                             review_status=bindparam("review"), **lease_ended()))
+                     .values(_CHECKED))
 
 
 @dataclass
@@ -192,7 +192,7 @@ def apply_observations(
             _reschedule(conn, decisions.touches + refused, rows, observed_at, poll_interval,
                         lease_token)
         if lease_token is not None:  # orders not written (closed or observed later meanwhile)
-            releaser(lease_token)(conn)
+            release(conn, lease_token)
         return applied
 
     # Every change in its own savepoint costs seven statements per change rather than a few

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select, update
 
 from paxyo.accounts import deposit
-from paxyo.leases import claim, claim_all, defer, lease, releaser
+from paxyo.leases import claim, claim_all, defer, lease, release
 from paxyo.orders import NewOrder, place_order
 from paxyo.store.engine import transactional
 from paxyo.store.schema import orders
@@ -86,11 +86,11 @@ def test_defer_releases_the_shard_and_reschedules_it(ten):
 def test_release_runs_in_the_callers_transaction(ten):
     token, _ = take(ten, range(1, 4))
     with pytest.raises(RuntimeError), ten.begin() as conn:
-        releaser(token)(conn)
+        release(conn, token)
         raise RuntimeError("the apply step failed")
     assert {rows(ten)[i].lease_token for i in (1, 2, 3)} == {token}  # rolled back with it
     with ten.begin() as conn:
-        releaser(token)(conn)
+        release(conn, token)
     assert {rows(ten)[i].lease_token for i in (1, 2, 3)} == {None}
 
 

@@ -189,10 +189,10 @@ def test_a_workers_check_ends_its_own_leases_and_no_other(any_engine, monkeypatc
     whatever order it evaluates SET in); an order leased under another token keeps it, and
     the release at the end frees what no statement wrote."""
     from paxyo import observations
-    from paxyo.leases import lease, releaser
+    from paxyo.leases import lease, release
     from paxyo.store.engine import transactional
 
-    monkeypatch.setattr(observations, "releaser", lambda token: lambda conn: None)
+    monkeypatch.setattr(observations, "release", lambda conn, token: None)
 
     seed(any_engine, 5)
     now = utcnow()
@@ -214,7 +214,7 @@ def test_a_workers_check_ends_its_own_leases_and_no_other(any_engine, monkeypatc
     assert rows[4].lease_token == theirs and rows[4].lease_until is not None
     assert rows[4].status == "Canceled"  # checked all the same; its own holder ends its lease
     assert rows[5].lease_token == mine  # not written: left to the release at the end
-    transactional(any_engine, releaser(mine))
+    transactional(any_engine, lambda conn: release(conn, mine))
     with any_engine.connect() as conn:
         row = conn.execute(select(orders).where(orders.c.id == 5)).one()
     assert (row.lease_token, row.lease_until) == (None, None)
