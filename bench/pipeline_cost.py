@@ -74,15 +74,18 @@ def compare(args: argparse.Namespace) -> None:
     if shutil.which("valgrind") is None:
         sys.exit("pipeline_cost: valgrind is not on PATH (Debian: apt-get install valgrind)")
     sys.path.insert(0, str(REPO / "bench"))
-    from pipeline import KEY, free_port, get_json
-
-    from paxyo.cli.private_redis import PrivateRedis, answers
+    from pipeline import bench_redis
 
     rates = [int(r) for r in args.change_rates.split(",")]
-    private = None
-    if not answers(args.redis_url):
-        private = PrivateRedis(free_port())
-        args.redis_url = private.start()
+    with bench_redis(args.redis_url) as args.redis_url:
+        runs, seconds = _compare_trees(args, rates)
+    print_report(args, rates, runs, seconds)
+
+
+def _compare_trees(args: argparse.Namespace,
+                   rates: list[int]) -> tuple[list[dict[tuple[str, int], dict[str, float]]], float]:
+    from pipeline import KEY, _answers_http, free_port, wait_for
+
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "paxyo.cli", "simulator", "--port", str(port),
                             "--key", KEY, "--seed", "1"], cwd=REPO, stdout=subprocess.DEVNULL,
@@ -90,7 +93,7 @@ def compare(args: argparse.Namespace) -> None:
     args.sim = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     try:
-        _wait_for_simulator(args.sim, get_json)
+        wait_for("the simulator", lambda: _answers_http(f"{args.sim}/sim/stats"), 20)
         with tempfile.TemporaryDirectory(prefix="paxyo-pipeline-cost-") as tmp:
             base = Path(tmp) / "baseline"
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q",
@@ -107,21 +110,7 @@ def compare(args: argparse.Namespace) -> None:
     finally:
         sim.terminate()
         sim.wait()
-        if private is not None:
-            private.stop()
-    print_report(args, rates, runs, time.monotonic() - started)
-
-
-def _wait_for_simulator(base: str, get_json) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            get_json(f"{base}/sim/stats")
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    return runs, time.monotonic() - started
 
 
 def per_order(tree: Path, rate: int, args: argparse.Namespace, tmp: Path) -> dict[str, float]:

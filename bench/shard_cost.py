@@ -32,17 +32,18 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from pipeline import (  # noqa: E402
     KEY,
+    _answers_http,
+    bench_redis,
     free_port,
     fresh_database,
-    get_json,
     seed_database,
     seed_simulators,
+    wait_for,
 )
 from sqlalchemy import update  # noqa: E402
 
 from dispatcher.planner import plan_shards  # noqa: E402
 from monitoring.metrics import process_metrics  # noqa: E402
-from paxyo.cli.private_redis import PrivateRedis, answers  # noqa: E402
 from paxyo.clock import utcnow  # noqa: E402
 from paxyo.settings import Settings  # noqa: E402
 from paxyo.store.schema import orders  # noqa: E402
@@ -77,25 +78,17 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    private = None
-    redis_url = args.redis_url
-    if not answers(redis_url):
-        private = PrivateRedis(free_port())
-        redis_url = private.start()
+    with bench_redis(args.redis_url) as redis_url:
+        run_with(args, workdir, redis_url)
+
+
+def run_with(args: argparse.Namespace, workdir: Path, redis_url: str) -> None:
     port = free_port()
     sim = subprocess.Popen([sys.executable, "-m", "paxyo.cli", "simulator", "--port", str(port),
                             "--key", KEY, "--seed", "1"], cwd=ROOT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                get_json(f"{base}/sim/stats")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_for("the simulator", lambda: _answers_http(f"{base}/sim/stats"), 20)
         database_url = fresh_database(args.database_url, workdir)
         seed_database(database_url, args.orders)
         seed_simulators({"alpha": base, "beta": base}, args.orders)
@@ -113,8 +106,6 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     finally:
         sim.terminate()
         sim.wait()
-        if private is not None:
-            private.stop()
 
 
 def measure(settings: Settings, count: int, show_profile: bool, profiled: bool) -> None:
