@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline import (  # noqa: E402
-    KEY,
     PROVIDERS,
     USERS,
     Processes,
@@ -44,9 +43,11 @@ from pipeline import (  # noqa: E402
     bench_redis,
     free_port,
     fresh_database,
+    provider_env,
     provider_of,
     seed_database,
     seed_simulators,
+    start_simulators,
     wait_for,
 )
 
@@ -126,17 +127,10 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
            "PAXYO_POLL_INTERVAL": str(args.poll_interval), "PAXYO_JWT_SECRET": SECRET,
            "PAXYO_ADMIN_TOKEN": "bench-admin", "PAXYO_PROVIDER_RATE_LIMIT": "100000",
            "PAXYO_LOG_FORMAT": "text"}
-    for name, sim_port in ports.items():
-        env[f"PAXYO_PROVIDER_{name.upper()}_URL"] = f"http://127.0.0.1:{sim_port}/api/v2"
-        env[f"PAXYO_PROVIDER_{name.upper()}_KEY"] = KEY
+    env.update(provider_env(ports))
     procs = Processes(workdir, env)
     try:
-        sims = {}
-        for name, sim_port in ports.items():
-            procs.start(f"sim-{name}", "simulator", "--port", str(sim_port), "--key", KEY)
-            sims[name] = f"http://127.0.0.1:{sim_port}"
-        for base in sims.values():
-            wait_for("the simulator", lambda b=base: _answers_http(f"{b}/sim/stats"), 20)
+        sims = start_simulators(procs, ports)
         seed_simulators(sims, args.orders)
         procs.start("gateway", "gateway", "--host", "127.0.0.1")
         procs.start("dispatcher", "dispatcher")

@@ -224,18 +224,11 @@ def run_once(count: int, workers: int, latency_ms: int, database_url: str | None
            "PAXYO_POLL_INTERVAL": str(poll_interval), "PAXYO_PROVIDER_RATE_LIMIT": "100000",
            "PAXYO_SHARDS_PER_JOB": str(shards_per_job),
            "PAXYO_LOG_FORMAT": "text"}
-    for name, port in ports.items():
-        env[f"PAXYO_PROVIDER_{name.upper()}_URL"] = f"http://127.0.0.1:{port}/api/v2"
-        env[f"PAXYO_PROVIDER_{name.upper()}_KEY"] = KEY
+    env.update(provider_env(ports))
     procs = Processes(workdir, env)
     engine = open_engine(url)
     try:
-        sims = {}
-        for name, port in ports.items():
-            procs.start(f"sim-{name}", "simulator", "--port", str(port), "--key", KEY)
-            sims[name] = f"http://127.0.0.1:{port}"
-        for base in sims.values():
-            wait_for("the simulator", lambda b=base: _answers_http(f"{b}/sim/stats"), 20)
+        sims = start_simulators(procs, ports)
         seed_simulators(sims, count)
         for base in sims.values():
             post_json(f"{base}/sim/faults", {"latency_ms": latency_ms})
@@ -281,6 +274,26 @@ def run_once(count: int, workers: int, latency_ms: int, database_url: str | None
         procs.stop()
         engine.dispose()
         _drop_redis_keys(redis_url, prefix)
+
+
+def provider_env(ports: dict[str, int]) -> dict[str, str]:
+    """PAXYO_PROVIDER_<NAME>_URL and _KEY for a simulator per provider on these ports."""
+    env = {}
+    for name, port in ports.items():
+        env[f"PAXYO_PROVIDER_{name.upper()}_URL"] = f"http://127.0.0.1:{port}/api/v2"
+        env[f"PAXYO_PROVIDER_{name.upper()}_KEY"] = KEY
+    return env
+
+
+def start_simulators(procs: Processes, ports: dict[str, int]) -> dict[str, str]:
+    """A simulator per provider, each answering once this returns; their base URLs."""
+    sims = {}
+    for name, port in ports.items():
+        procs.start(f"sim-{name}", "simulator", "--port", str(port), "--key", KEY)
+        sims[name] = f"http://127.0.0.1:{port}"
+    for base in sims.values():
+        wait_for("the simulator", lambda b=base: _answers_http(f"{b}/sim/stats"), 20)
+    return sims
 
 
 def _answers_http(url: str) -> bool:

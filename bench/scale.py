@@ -61,16 +61,16 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from pipeline import (  # noqa: E402
-    KEY,
     PROVIDERS,
     Processes,
-    _answers_http,
     _drop_redis_keys,
     bench_redis,
     final_state,
     free_port,
     get_json,
     post_json,
+    provider_env,
+    start_simulators,
     wait_for,
 )
 
@@ -512,16 +512,9 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
                "PAXYO_REDIS_PREFIX": prefix, "PAXYO_QUEUE": f"{prefix}-q",
                "PAXYO_POLL_INTERVAL": str(args.poll_interval),
                "PAXYO_PROVIDER_RATE_LIMIT": "1000000", "PAXYO_LOG_FORMAT": "text"}
-        for p, port in ports.items():
-            env[f"PAXYO_PROVIDER_{p.upper()}_URL"] = f"http://127.0.0.1:{port}/api/v2"
-            env[f"PAXYO_PROVIDER_{p.upper()}_KEY"] = KEY
+        env.update(provider_env(ports))
         procs = Processes(workdir, env)
-        sims = {}
-        for p, port in ports.items():
-            procs.start(f"sim-{p}", "simulator", "--port", str(port), "--key", KEY)
-            sims[p] = f"http://127.0.0.1:{port}"
-        for base in sims.values():
-            wait_for("the simulator", lambda b=base: _answers_http(f"{b}/sim/stats"), 20)
+        sims = start_simulators(procs, ports)
         t0 = time.monotonic()
         seed_simulators(sims, count, args.change_rate)
         print(f"simulators seeded in {time.monotonic() - t0:.1f}s "
