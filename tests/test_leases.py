@@ -124,3 +124,53 @@ def test_leased_orders_fall_due_when_their_lease_ends_and_not_before(ten):
     later = at + timedelta(seconds=301)  # the worker was killed: the orders are due again
     assert [oid for _, oid in due_orders(ten, later, 100)][:4] == [5, 6, 7, 8]
     assert {1, 2, 3, 4} <= {oid for _, oid in due_orders(ten, later, 100)}
+
+
+def _lease_index_rows(conn, dialect: str) -> int | None:
+    """Entries in ix_orders_lease where the database can say (None elsewhere)."""
+    if dialect == "sqlite":
+        return conn.exec_driver_sql(
+            "SELECT count(*) FROM orders INDEXED BY ix_orders_lease "
+            "WHERE lease_token IS NOT NULL").scalar()
+    return None
+
+
+def test_the_lease_index_holds_only_leased_orders_and_serves_the_token_lookups(any_engine):
+    """Migration 0005: partial on SQLite and PostgreSQL (an order's lease costs one index
+    insert and one delete, not four writes among a NULL per order); whole on MySQL."""
+    engine, dialect = any_engine, any_engine.dialect.name
+    deposit(engine, 111, D("100.00"), "seed", 2)
+    for oid in range(1, 21):
+        place_order(engine, NewOrder(oid, 111, "sim", str(500 + oid), 1000, D("1.00")),
+                    decimals=2, poll_interval=30)
+    token, leased = take(engine, range(1, 6))
+    assert leased == (1, 2, 3, 4, 5)
+    with engine.connect() as conn:
+        if dialect == "sqlite":
+            definition = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE name = 'ix_orders_lease'").scalar()
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT id FROM orders WHERE lease_token IN (?, ?)",
+                (token, "x")))
+            assert _lease_index_rows(conn, dialect) == 5
+        elif dialect == "postgresql":
+            definition = conn.exec_driver_sql(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_orders_lease'").scalar()
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = " ".join(r[0] for r in conn.exec_driver_sql(
+                "EXPLAIN SELECT id FROM orders WHERE lease_token IN (%(a)s, %(b)s)",
+                {"a": token, "b": "x"}))
+        else:  # MySQL: the whole index, among the candidates for the lookup
+            definition = " ".join(str(r) for r in conn.exec_driver_sql(
+                "SHOW INDEX FROM orders WHERE Key_name = 'ix_orders_lease'"))
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(
+                "EXPLAIN SELECT id FROM orders WHERE lease_token IN (%s, %s)", (token, "x")))
+    assert "lease_token" in definition
+    assert ("WHERE" in definition.upper()) == (dialect != "mysql"), definition
+    assert "ix_orders_lease" in plan, plan
+    release_all = transactional(engine, lambda conn: release(conn, token))
+    assert release_all is None
+    with engine.connect() as conn:
+        assert _lease_index_rows(conn, dialect) in (0, None)
+        assert conn.execute(select(orders.c.id).where(
+            orders.c.lease_token.is_not(None))).all() == []

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from paxyo.store.types import ExactString, Money
@@ -59,7 +60,9 @@ orders = Table(
     # dispatcher lease: an order in a queued or running shard is not enqueued again
     Column("lease_until", DateTime, nullable=True),
     Column("lease_token", String(32), nullable=True),
-    Index("ix_orders_lease", "lease_token"),
+    # only leased orders (SQLite, PostgreSQL; MySQL has no partial indexes): migration 0005
+    Index("ix_orders_lease", "lease_token", sqlite_where=text("lease_token IS NOT NULL"),
+          postgresql_where=text("lease_token IS NOT NULL")),
     Index("ix_orders_due", "status_class", "next_check_at"),
     Index("ix_orders_provider_due", "provider", "status_class", "next_check_at"),
     Index("ix_orders_user", "user_id"),
