@@ -14,10 +14,10 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, insert, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection, Row
 
-from paxyo.clock import iso_z
+from paxyo.clock import iso_z, utcnow
 from paxyo.ledger import lock_balances
 from paxyo.money import format_money
 from paxyo.store.schema import outbox, webhook_deliveries
@@ -33,6 +33,18 @@ MAX_ID = 2**63 - 1  # the largest outbox id a BIGINT column holds
 _INSERT_EVENT = insert(outbox)  # built once: it runs for every change
 _INSERT_EVENTS = insert(outbox).returning(outbox.c.id, sort_by_parameter_order=True)
 _INSERT_WEBHOOK = insert(webhook_deliveries)
+# Built once: these run for every reply with changes.
+_UNPUBLISHED_OF_USERS = (
+    select(outbox)
+    .where(outbox.c.published_at.is_(None),
+           outbox.c.user_id.in_(select(outbox.c.user_id).where(
+               outbox.c.id.in_(bindparam("p_ids", expanding=True)))),
+           outbox.c.id <= bindparam("p_max"))
+    .order_by(outbox.c.id))
+_MARK_PUBLISHED = (update(outbox)
+                   .where(outbox.c.id.in_(bindparam("p_ids", expanding=True)),
+                          outbox.c.published_at.is_(None))
+                   .values(published_at=bindparam("p_now")))
 _PENDING_WEBHOOK_USERS = (
     select(webhook_deliveries.c.user_id).distinct()
     .where(webhook_deliveries.c.user_id.in_(bindparam("p_uids", expanding=True)),
@@ -96,6 +108,28 @@ def record_events(conn: Connection, events: Sequence[tuple[int, str, dict[str, A
     if webhook:
         _queue_webhooks(conn, recorded, at)
     return recorded
+
+
+def unpublished_rows(conn: Connection, outbox_ids: Sequence[int]) -> list[Row]:
+    """The rows to publish after the transaction that wrote ``outbox_ids`` commits: those,
+    and every earlier row of the same users still unpublished, in id order.
+
+    Events must reach Redis in id order per user, or a client resuming from a later id would
+    never be sent an earlier one. A user's events get their ids under that user's account
+    lock, so an earlier one has committed before a later one exists, and it is marked
+    published only once Redis holds it. Read in the writing transaction (the worker does, under
+    the account locks) or after it.
+    """
+    if not outbox_ids:
+        return []
+    return conn.execute(_UNPUBLISHED_OF_USERS, {"p_ids": list(outbox_ids),
+                                                "p_max": max(outbox_ids)}).all()
+
+
+def mark_published(conn: Connection, outbox_ids: Sequence[int]) -> None:
+    """Mark rows that Redis holds as published, in the caller's transaction."""
+    if outbox_ids:
+        conn.execute(_MARK_PUBLISHED, {"p_ids": list(outbox_ids), "p_now": utcnow()})
 
 
 def _event_row(user_id: int, type_: str, body: dict[str, Any], at: datetime) -> dict[str, Any]:

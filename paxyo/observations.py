@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Row
 
 from paxyo.change_writes import AppliedChange, write_change, write_changes
 from paxyo.clock import utcnow
+from paxyo.events import mark_published, unpublished_rows
 from paxyo.leases import lease_ended, release, still_open
 from paxyo.limits import MAX_REMAINS, is_provider_order_id
 from paxyo.schedule import next_checks
@@ -72,6 +73,9 @@ class ApplyReport:
     bad_remains: int = 0    # Partial without numeric remains
     stale: int = 0          # already terminal or observed later by someone else
     rejected: int = 0       # a change the store refused: rolled back alone, order kept open
+    # the outbox rows to publish once committed: the changes' events and any earlier ones of
+    # the same users still unpublished (paxyo.events.unpublished_rows), read under the locks
+    to_publish: list[Row] = field(default_factory=list)
 
     def merge(self, other: ApplyReport) -> None:
         self.checked += other.checked
@@ -82,6 +86,7 @@ class ApplyReport:
         self.bad_remains += other.bad_remains
         self.stale += other.stale
         self.rejected += other.rejected
+        self.to_publish.extend(other.to_publish)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,7 @@ def apply_observations(
     poll_interval: float,
     lease_token: str | None = None,
     webhook: bool = False,
+    published: Sequence[int] = (),
 ) -> ApplyReport:
     """Apply one provider reply (keyed by provider order id) to the given panel orders.
 
@@ -161,7 +167,9 @@ def apply_observations(
     statement that writes its order; then any order not written), saving a write
     transaction per shard. The caller counts the returned report in its metrics once it is
     committed. ``webhook``: also queue each event for
-    webhook delivery (PAXYO_WEBHOOK_URL is set).
+    webhook delivery (PAXYO_WEBHOOK_URL is set). ``published``: outbox ids the caller has
+    published since its last write, marked published in this transaction (rather than in one
+    of their own).
     """
     ids = list(order_ids)
     if not ids:
@@ -170,10 +178,13 @@ def apply_observations(
         rows = conn.execute(_READ, {"p_oids": ids}).all()
     decisions = decide(rows, replies, observed_at)
     report = decisions.report
-    if not decisions.pending and not decisions.touches and lease_token is None:
+    if not decisions.pending and not decisions.touches and lease_token is None \
+            and not published:
         return report
 
-    def run(conn: Connection, *, isolated: bool) -> list[AppliedChange | _Rejected | None]:
+    def run(conn: Connection, *, isolated: bool
+            ) -> tuple[list[AppliedChange | _Rejected | None], list[Row]]:
+        mark_published(conn, published)
         applied: list[AppliedChange | _Rejected | None]
         if isolated:
             applied = [_apply_alone(conn, row, status, remains, observed_at, decimals,
@@ -193,20 +204,23 @@ def apply_observations(
                         lease_token)
         if lease_token is not None:  # orders not written (closed or observed later meanwhile)
             release(conn, lease_token)
-        return applied
+        return applied, unpublished_rows(conn, [a.event.outbox_id for a in applied
+                                                if isinstance(a, AppliedChange)])
 
     # Every change in its own savepoint costs seven statements per change rather than a few
     # per reply; so first write the reply's changes together, and only when that fails (not
     # on a lock conflict, which the transaction's own retry handles) apply it again with each
     # change on its own, so that the one that fails is set aside alone.
     try:
-        outcome = transactional(engine, functools.partial(run, isolated=False))
+        outcome, report.to_publish = transactional(engine,
+                                                   functools.partial(run, isolated=False))
     except Exception as exc:
         if is_retryable(exc) or not decisions.pending:
             raise
         log.info("a change of this reply failed (%s); applying each change on its own",
                  _first_line(exc))
-        outcome = transactional(engine, functools.partial(run, isolated=True))
+        outcome, report.to_publish = transactional(engine,
+                                                   functools.partial(run, isolated=True))
     for change in outcome:
         if change is None:
             report.stale += 1  # a concurrent applier got there first

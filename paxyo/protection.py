@@ -110,10 +110,15 @@ class CircuitBreaker:
         return False, max(1.0, opened_until - now)
 
     def record_success(self, provider: str) -> None:
+        """Close the circuit and forget the failures: one round trip, as every call ends
+        here."""
         key = self.keys.circuit(provider)
-        if self.client.hget(key, "open_until"):
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(key, "open_until")
+        pipe.delete(key, key + ":probe")
+        was_open, _ = pipe.execute()
+        if was_open:
             log.info("circuit %s closed: provider answers again", provider)
-        self.client.delete(key, key + ":probe")
 
     def record_failure(self, provider: str) -> None:
         """Count a failed call; open the circuit at the threshold, or again after a failed

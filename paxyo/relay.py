@@ -18,11 +18,11 @@ from datetime import timedelta
 
 import redis
 from redis.exceptions import NoScriptError
-from sqlalchemy import Engine, bindparam, func, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import Row
 
 from paxyo.clock import epoch_ms, utcnow
-from paxyo.events import event_bytes
+from paxyo.events import event_bytes, mark_published, unpublished_rows
 from paxyo.keys import Keys
 from paxyo.store.engine import transactional
 from paxyo.store.schema import outbox
@@ -78,19 +78,6 @@ return 1
 
 STREAM_MAXLEN = 100_000
 
-# Built once: these run after every commit that wrote events.
-_UNPUBLISHED_OF_USERS = (
-    select(outbox)
-    .where(outbox.c.published_at.is_(None),
-           outbox.c.user_id.in_(select(outbox.c.user_id).where(
-               outbox.c.id.in_(bindparam("p_ids", expanding=True)))),
-           outbox.c.id <= bindparam("p_max"))
-    .order_by(outbox.c.id))
-_MARK_PUBLISHED = (update(outbox)
-                   .where(outbox.c.id.in_(bindparam("p_ids", expanding=True)),
-                          outbox.c.published_at.is_(None))
-                   .values(published_at=bindparam("p_now")))
-
 
 @dataclass(frozen=True)
 class RelayConfig:
@@ -113,20 +100,18 @@ class OutboxRelay:
         self._sha = hashlib.sha1(_PUBLISH.encode()).hexdigest()  # loaded on first use
 
     def publish_ids(self, outbox_ids: Sequence[int]) -> int:
-        """Publish these rows (just committed); returns how many were new to Redis.
-
-        Events must reach Redis in id order per user, or a client resuming from a later id
-        would never be sent an earlier one. So the unpublished rows of the same users up to
-        these ids are published too, in id order. That suffices: a user's events get their
-        ids under that user's account lock, so an earlier one has committed before a later
-        one exists, and it is marked published only once Redis holds it.
-        """
+        """Publish these rows (just committed) and the rows that must precede them (see
+        :func:`unpublished_rows`), and mark them; returns how many were new to Redis."""
         if not outbox_ids:
             return 0
         with self.engine.connect() as conn:
-            rows = conn.execute(_UNPUBLISHED_OF_USERS, {"p_ids": list(outbox_ids),
-                                                        "p_max": max(outbox_ids)}).all()
-        return self._publish_rows(rows) if rows else 0
+            rows = unpublished_rows(conn, outbox_ids)
+        return self.publish_rows(rows)
+
+    def mark_published(self, outbox_ids: Sequence[int]) -> None:
+        """:func:`mark_published` in a transaction of its own."""
+        if outbox_ids:
+            transactional(self.engine, lambda conn: mark_published(conn, outbox_ids))
 
     def sweep(self, *, older_than: float = 2.0, batch: int = 500) -> int:
         """Publish rows left unpublished (by a crash, or Redis being down); returns rows swept.
@@ -151,7 +136,7 @@ class OutboxRelay:
                     .order_by(outbox.c.id).limit(batch)).all()
             if not rows:
                 break
-            self._publish_rows(rows)
+            self.publish_rows(rows)
             total += len(rows)
             after = rows[-1].id
         return total
@@ -180,7 +165,14 @@ class OutboxRelay:
             return int(conn.execute(select(func.count()).select_from(outbox)
                                     .where(outbox.c.published_at.is_(None))).scalar_one())
 
-    def _publish_rows(self, rows: Sequence[Row]) -> int:
+    def publish_rows(self, rows: Sequence[Row], *, mark: bool = True) -> int:
+        """Publish outbox rows (in id order) to Redis; returns how many were new to it.
+
+        ``mark=False`` leaves marking them to the caller (:func:`mark_published`, in a later
+        transaction of its own): until then the sweeper may publish them again, which the
+        script recognises."""
+        if not rows:
+            return 0
         keys, config = self.config.keys, self.config
         min_ms = epoch_ms(utcnow()) - int(config.history_ttl * 1000)
         ttl = int(config.history_ttl) + 60
@@ -191,10 +183,8 @@ class OutboxRelay:
              event_bytes(row.id, row.type, row.payload), config.stream_maxlen,
              config.history_size, min_ms, ttl) for row in rows])
         added = sum(1 for r in results if r == 1)
-        ids = [row.id for row in rows]
-        now = utcnow()
-        transactional(self.engine, lambda conn: conn.execute(
-            _MARK_PUBLISHED, {"p_ids": ids, "p_now": now}))
+        if mark:
+            self.mark_published([row.id for row in rows])
         if self.on_published is not None and added:
             self.on_published(added)
         if added < len(rows):

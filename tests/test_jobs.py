@@ -218,3 +218,38 @@ def test_a_slow_provider_holds_up_no_other_shard_of_its_job(engine, settings, si
     assert rows[1].status == rows[11].status == "Canceled"
     # the fast provider's reply was applied while the slow one's call was still in flight
     assert (rows[11].updated_at - rows[1].updated_at).total_seconds() > 1.5
+
+
+def test_a_jobs_events_are_published_once_and_marked_in_its_own_later_writes(engine, context,
+                                                                             simulator):
+    """Each shard's events are marked published in the job's next apply, the last shard's
+    at the job's end: five write transactions for four shards with changes, not eight."""
+    from sqlalchemy import event, func
+
+    from paxyo.store.schema import outbox
+
+    seed(engine, 400)
+    with engine.begin() as conn:  # the seed's own events are not this job's
+        conn.execute(update(outbox).values(published_at=utcnow()))
+        before = conn.execute(select(func.max(outbox.c.id))).scalar()
+    for oid in (5, 105, 205, 399):
+        simulator.set_order(7000 + oid, status="Canceled", remains=0)
+    shards = plan_shards(engine, now=utcnow(), poll_interval=30, lease_seconds=60)
+    commits = []
+
+    def committed(conn) -> None:
+        commits.append(conn)
+
+    event.listen(context.engine, "commit", committed)
+    try:
+        results = run_shards(context, [(s.provider, s.order_ids, s.token) for s in shards])
+    finally:
+        event.remove(context.engine, "commit", committed)
+    assert sum(r["changed"] for r in results) == 4
+    assert len(commits) == 1 + 4 + 1  # claim, one apply per shard, the last shard's marks
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.id, outbox.c.published_at)
+                            .where(outbox.c.id > before)).all()
+    assert len(rows) == 4 and all(r.published_at is not None for r in rows)
+    stream = context.redis.xrange(context.relay.config.keys.events)
+    assert sorted(int(fields[b"i"]) for _, fields in stream) == sorted(r.id for r in rows)

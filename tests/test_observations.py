@@ -218,3 +218,35 @@ def test_a_workers_check_ends_its_own_leases_and_no_other(any_engine, monkeypatc
     with any_engine.connect() as conn:
         row = conn.execute(select(orders).where(orders.c.id == 5)).one()
     assert (row.lease_token, row.lease_until) == (None, None)
+
+
+def test_a_reply_names_what_to_publish_in_order_and_marks_what_was_published(any_engine):
+    """``to_publish``: the reply's events and, before them, a same user's earlier event still
+    unpublished (read in the writing transaction); ``published``: marked in that transaction,
+    and so not named again."""
+    seed(any_engine, 3)
+    with any_engine.begin() as conn:  # the deposit's and the orders' events reached Redis
+        conn.execute(update(outbox).values(published_at=utcnow()))
+    first = apply(any_engine, {"7001": StatusEntry("Canceled", 0, None, None)}, [1])
+    assert [r.id for r in first.to_publish] == [first.changes[0].event.outbox_id]
+    # first's event is left unpublished (a crash before Redis): the next reply of the same
+    # user publishes it first; another reply marks the one it is told was published
+    second = apply(any_engine, {"7002": StatusEntry("Canceled", 0, None, None)}, [2])
+    ids = [r.id for r in second.to_publish]
+    assert ids == [first.changes[0].event.outbox_id, second.changes[0].event.outbox_id]
+    canceled = StatusEntry("Canceled", 0, None, None)
+    third = apply_observations(any_engine, "sim", [3], {"7003": canceled},
+                               observed_at=utcnow(), decimals=2, poll_interval=30,
+                               published=ids)
+    assert [r.id for r in third.to_publish] == [third.changes[0].event.outbox_id]
+    with any_engine.connect() as conn:
+        marked = dict(conn.execute(select(outbox.c.id, outbox.c.published_at)).all())
+    assert {i for i, at in marked.items() if at is None} == {third.changes[0].event.outbox_id}
+    # an unchanged reply has nothing to publish and still marks what it is given
+    nothing = apply_observations(any_engine, "sim", [3], {}, observed_at=utcnow(), decimals=2,
+                                 poll_interval=30,
+                                 published=[third.changes[0].event.outbox_id])
+    assert nothing.to_publish == [] and nothing.changes == []
+    with any_engine.connect() as conn:
+        assert conn.execute(select(outbox.c.id).where(outbox.c.published_at.is_(None))).all() \
+            == []

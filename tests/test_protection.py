@@ -43,7 +43,8 @@ def test_opens_at_the_threshold_and_failures_in_flight_do_not_lengthen_it(
 
 
 def test_each_failed_probe_doubles_the_cooldown_up_to_the_cap_and_a_success_closes(
-        redis_url, redis_prefix):
+        redis_url, redis_prefix, caplog):
+    caplog.set_level("INFO", "paxyo.providers")
     clock = Clock()
     b = breaker(redis_url, redis_prefix, clock)
     for _ in range(5):
@@ -59,6 +60,10 @@ def test_each_failed_probe_doubles_the_cooldown_up_to_the_cap_and_a_success_clos
     assert b.allow("sim") == (True, 0.0)
     b.record_success("sim")
     assert b.state("sim") is CircuitState.CLOSED
+    b.record_success("sim")  # already closed: said once only
+    assert [r.getMessage() for r in caplog.records if "closed" in r.getMessage()] == [
+        "circuit sim closed: provider answers again"]
+    assert not b.client.exists(b.keys.circuit("sim") + ":probe")
     for _ in range(5):
         b.record_failure("sim")
     assert cooldown_left(b) == 15  # a new outage starts from the base cool-down

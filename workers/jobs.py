@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import redis
 from rq import get_current_job
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import SQLAlchemyError
 
 from paxyo.change_writes import AppliedChange
 from paxyo.clock import utcnow
@@ -84,7 +86,11 @@ def run_shards(ctx: WorkerContext,
     for p in prepared:
         if isinstance(p, _Ready) and p.ask:
             ctx.provider(p.provider)  # clients are built outside the loop
-    outcomes = ctx.run(_gather([_check(ctx, p) for p in prepared]))
+    published: list[int] = []  # in Redis, to mark in the job's next write
+    try:
+        outcomes = ctx.run(_gather([_check(ctx, p, published) for p in prepared]))
+    finally:
+        _mark_published(ctx, published)
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     if failures:
         raise failures[0]
@@ -102,8 +108,12 @@ async def _gather(calls: list[Coroutine[Any, Any, T]]) -> list[T | BaseException
     return await asyncio.gather(*calls, return_exceptions=True)
 
 
-async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any]) -> dict[str, Any]:
-    """Ask one shard's provider and apply its reply (raises when the provider failed)."""
+async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any],
+                 published: list[int]) -> dict[str, Any]:
+    """Ask one shard's provider and apply its reply (raises when the provider failed).
+
+    ``published``: the job's events in Redis not yet marked so; applying marks them and
+    publishing adds to them."""
     if not isinstance(shard, _Ready):
         return _finished(shard)
     replies: dict[str, StatusEntry | EntryError] = {}
@@ -114,7 +124,7 @@ async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any]) -> dict[str
             _provider_failed(ctx, shard, exc)
             raise
         ctx.breaker.record_success(shard.provider)
-    return _finished(_apply(ctx, shard, replies))
+    return _finished(_apply(ctx, shard, replies, published))
 
 
 def _prepare(ctx: WorkerContext, provider: str, token: str,
@@ -128,16 +138,17 @@ def _prepare(ctx: WorkerContext, provider: str, token: str,
     return _Ready(provider, token, refs, _ids_to_ask(ctx, provider, refs), utcnow())
 
 
-def _apply(ctx: WorkerContext, shard: _Ready,
-           replies: dict[str, StatusEntry | EntryError]) -> dict[str, Any]:
+def _apply(ctx: WorkerContext, shard: _Ready, replies: dict[str, StatusEntry | EntryError],
+           published: list[int]) -> dict[str, Any]:
     settings = ctx.settings
     report = apply_observations(
         ctx.engine, shard.provider, list(shard.refs), replies, observed_at=shard.observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval,
-        lease_token=shard.token, webhook=settings.webhooks_enabled)
+        lease_token=shard.token, webhook=settings.webhooks_enabled, published=published)
+    published.clear()  # marked in that transaction
     ctx.metrics.count_applied(shard.provider, report)
     _log_changes(report.changes)
-    _publish(ctx, [c.event.outbox_id for c in report.changes])
+    _publish(ctx, report.to_publish, published)
     return {"provider": shard.provider, "checked": report.checked,
             "changed": len(report.changes), "no_answer": report.no_answer,
             "unknown": report.unknown, "report": report}
@@ -202,10 +213,28 @@ def _log_changes(changes: list[AppliedChange]) -> None:
             refund_log.info(refund_line(change))
 
 
-def _publish(ctx: WorkerContext, outbox_ids: list[int]) -> None:
-    if not outbox_ids:
+def _publish(ctx: WorkerContext, rows: list[Row], published: list[int]) -> None:
+    """Publish a committed reply's outbox rows; they are marked in the job's next write.
+
+    Marking them in a transaction of its own cost one write transaction per shard (on SQLite
+    every worker waits for the same write lock); until they are marked, a sweep or another
+    worker may publish them again, which the relay's script recognises."""
+    if not rows:
         return
     try:
-        ctx.relay.publish_ids(outbox_ids)
+        ctx.relay.publish_rows(rows, mark=False)
     except redis.RedisError as exc:
-        log.warning("%d events left for the sweeper: %s", len(outbox_ids), exc)
+        log.warning("%d events left for the sweeper: %s", len(rows), exc)
+        return
+    published.extend(row.id for row in rows)
+
+
+def _mark_published(ctx: WorkerContext, published: list[int]) -> None:
+    """At the end of a job: mark what its last writes did not (else the sweeper repeats it)."""
+    if not published:
+        return
+    try:
+        ctx.relay.mark_published(published)
+    except SQLAlchemyError as exc:  # they are in Redis: a repeat by the sweeper is harmless
+        log.warning("%d published events not marked (the sweeper repeats them): %s",
+                    len(published), exc)
