@@ -55,8 +55,7 @@ _LEASED = (select(orders.c.id, orders.c.lease_token)
            .where(orders.c.lease_token.in_(bindparam("p_tokens", expanding=True)))
            .order_by(orders.c.id))
 _EXTEND = (update(orders)
-           .where(orders.c.lease_token.in_(bindparam("p_tokens", expanding=True)),
-                  orders.c.id.in_(bindparam("p_oids", expanding=True)))
+           .where(orders.c.lease_token.in_(bindparam("p_tokens", expanding=True)))
            .values(lease_until=bindparam("p_until")))
 _CLAIMED = select(orders.c.id, orders.c.provider_order_id, orders.c.lease_token).where(
     orders.c.lease_token.in_(bindparam("p_tokens", expanding=True)), still_open())
@@ -106,24 +105,23 @@ def release(conn: Connection, token: str) -> None:
     conn.execute(_RELEASE, {"p_token": token})
 
 
-def claim(engine: Engine, token: str, order_ids: tuple[int, ...], now: datetime,
-          hold_seconds: float) -> dict[int, str]:
-    """A worker starting a shard: extend the lease of the orders still under its token.
+def claim(engine: Engine, token: str, now: datetime, hold_seconds: float) -> dict[int, str]:
+    """A worker starting a shard: extend the lease of the orders still under its token (the
+    planner's token names exactly the orders it leased: no list of ids is needed).
 
     Returns those orders' provider order ids, by order id.
     """
-    return claim_all(engine, [(token, order_ids)], now, hold_seconds)[token]
+    return claim_all(engine, [token], now, hold_seconds)[token]
 
 
-def claim_all(engine: Engine, shards: Sequence[tuple[str, Sequence[int]]], now: datetime,
+def claim_all(engine: Engine, tokens: Sequence[str], now: datetime,
               hold_seconds: float) -> dict[str, dict[int, str]]:
     """:func:`claim` for a job's shards, in one transaction: by token, the provider order ids
     of the orders each still holds (by order id; empty when it lost them all)."""
-    tokens = [token for token, _ in shards]
+    tokens = list(tokens)
 
     def run(conn: Connection) -> dict[str, dict[int, str]]:
         conn.execute(_EXTEND, {"p_tokens": tokens,
-                               "p_oids": [oid for _, ids in shards for oid in ids],
                                "p_until": now + timedelta(seconds=hold_seconds)})
         held: dict[str, dict[int, str]] = {token: {} for token in tokens}
         for order_id, provider_order_id, token in conn.execute(_CLAIMED, {"p_tokens": tokens}):

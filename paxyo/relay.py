@@ -168,9 +168,9 @@ class OutboxRelay:
     def publish_rows(self, rows: Sequence[Row], *, mark: bool = True) -> int:
         """Publish outbox rows (in id order) to Redis; returns how many were new to it.
 
-        ``mark=False`` leaves marking them to the caller (:func:`mark_published`, in a later
-        transaction of its own): until then the sweeper may publish them again, which the
-        script recognises."""
+        ``mark=False`` leaves marking them to the caller, in a later write of its own
+        (``paxyo.events.mark_published``): until then a sweep may publish them again, which
+        the script recognises."""
         if not rows:
             return 0
         keys, config = self.config.keys, self.config

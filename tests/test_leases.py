@@ -53,7 +53,7 @@ def test_an_expired_lease_is_taken_again_and_a_live_one_is_not(ten):
     later = UNTIL + timedelta(seconds=1)
     other, leased = take(ten, range(1, 4), now=later, until=later + timedelta(seconds=60))
     assert leased == (1, 2, 3) and other != token
-    assert claim(ten, token, (1, 2, 3), later, 60) == {}  # the old holder lost them
+    assert claim(ten, token, later, 60) == {}  # the old holder lost them
 
 
 def test_claim_extends_only_its_own_tokens_open_orders(ten):
@@ -62,7 +62,7 @@ def test_claim_extends_only_its_own_tokens_open_orders(ten):
     with ten.begin() as conn:
         conn.execute(update(orders).where(orders.c.id == 3).values(status_class="canceled"))
     at = NOW + timedelta(seconds=10)
-    refs = claim(ten, mine, tuple(range(1, 7)), at, 300)
+    refs = claim(ten, mine, at, 300)
     assert refs == {1: "501", 2: "502"}  # not 3 (closed), not 4..6 (another token)
     state = rows(ten)
     assert state[1].lease_until == at + timedelta(seconds=300)
@@ -101,7 +101,7 @@ def test_claim_all_claims_a_jobs_shards_in_one_go_each_by_its_own_token(ten):
     taker, _ = take(ten, range(7, 9), now=UNTIL + timedelta(seconds=1),
                     until=UNTIL + timedelta(seconds=90))  # the lease of `lost` expired
     at = NOW + timedelta(seconds=5)
-    held = claim_all(ten, [(first, (1, 2, 3)), (second, (4, 5, 6)), (lost, (7, 8))], at, 120)
+    held = claim_all(ten, [first, second, lost], at, 120)
     assert held == {first: {1: "501", 2: "502", 3: "503"},
                     second: {4: "504", 5: "505", 6: "506"}, lost: {}}
     state = rows(ten)
@@ -118,7 +118,7 @@ def test_leased_orders_fall_due_when_their_lease_ends_and_not_before(ten):
     assert {r.next_check_at for oid, r in rows(ten).items() if oid <= 4} == {UNTIL}
     assert [oid for _, oid in due_orders(ten, NOW, 100)] == [5, 6, 7, 8, 9, 10]
     at = NOW + timedelta(seconds=10)
-    claim(ten, token, (1, 2, 3, 4), at, 300)  # a worker runs the shard: held until at + 300
+    claim(ten, token, at, 300)  # a worker runs the shard: held until at + 300
     assert rows(ten)[1].next_check_at == UNTIL  # only the lease is extended (no index holds it)
     assert 1 not in {oid for _, oid in due_orders(ten, UNTIL + timedelta(seconds=1), 100)}
     later = at + timedelta(seconds=301)  # the worker was killed: the orders are due again

@@ -80,7 +80,7 @@ def run_shards(ctx: WorkerContext,
     already applied find their leases released and are skipped. Returns one result per
     shard: counts, plus the whole ``report`` (its changes) when the provider answered.
     """
-    held = claim_all(ctx.engine, [(token, order_ids) for _, order_ids, token in shards],
+    held = claim_all(ctx.engine, [token for _, _, token in shards],
                      utcnow(), running_lease_seconds(ctx.settings))
     prepared = [_prepare(ctx, provider, token, held[token]) for provider, _, token in shards]
     for p in prepared:
