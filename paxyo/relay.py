@@ -187,7 +187,7 @@ class OutboxRelay:
             self.mark_published([row.id for row in rows])
         if self.on_published is not None and added:
             self.on_published(added)
-        if added < len(rows):
-            log.info("relay: %d of %d events were already in Redis (repeat publish)",
+        if added < len(rows):  # routine while a worker's publish is not yet marked
+            log.debug("relay: %d of %d events were already in Redis (repeat publish)",
                      len(rows) - added, len(rows))
         return added

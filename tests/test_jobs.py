@@ -4,6 +4,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
+import orjson
 import pytest
 from sqlalchemy import select, update
 
@@ -218,16 +219,28 @@ def test_a_slow_provider_holds_up_no_other_shard_of_its_job(engine, settings, si
     assert rows[1].status == rows[11].status == "Canceled"
     # the fast provider's reply was applied while the slow one's call was still in flight
     assert (rows[11].updated_at - rows[1].updated_at).total_seconds() > 1.5
+    # and its event marked published then, not at the job's end (the sweeper would have
+    # published it again after 2 s)
+    from paxyo.store.schema import outbox
+
+    with engine.connect() as conn:
+        event = conn.execute(select(outbox).where(outbox.c.type == "order.updated")
+                             .order_by(outbox.c.id.desc()).limit(2)).all()
+    fast = next(e for e in event if orjson.loads(e.payload)["order_id"] == 1)
+    assert fast.published_at is not None
+    assert (fast.published_at - fast.created_at).total_seconds() < 1.5
 
 
-def test_a_jobs_events_are_published_once_and_marked_in_its_own_later_writes(engine, context,
-                                                                             simulator):
+def test_a_jobs_events_are_published_once_and_marked_in_its_own_later_writes(
+        engine, context, simulator, monkeypatch):
     """Each shard's events are marked published in the job's next apply, the last shard's
-    at the job's end: five write transactions for four shards with changes, not eight."""
+    at the job's end: five write transactions after the claim for four shards with changes,
+    not eight (the half-second timer is set long here, so that a slow machine cannot fire it)."""
     from sqlalchemy import event, func
 
     from paxyo.store.schema import outbox
 
+    monkeypatch.setattr("workers.unmarked.MARK_WITHIN", 60.0)
     seed(engine, 400)
     with engine.begin() as conn:  # the seed's own events are not this job's
         conn.execute(update(outbox).values(published_at=utcnow()))

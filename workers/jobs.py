@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 import redis
 from rq import get_current_job
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import SQLAlchemyError
 
 from paxyo.change_writes import AppliedChange
 from paxyo.clock import utcnow
@@ -26,6 +25,7 @@ from paxyo.status_entries import EntryError, StatusEntry
 from providers.client import ProviderUnavailable
 from providers.replies import ProviderErrorReply
 from workers.context import WorkerContext, job_context
+from workers.unmarked import UnmarkedEvents
 
 log = logging.getLogger("paxyo.workers")
 refund_log = logging.getLogger("paxyo.refunds")
@@ -86,11 +86,11 @@ def run_shards(ctx: WorkerContext,
     for p in prepared:
         if isinstance(p, _Ready) and p.ask:
             ctx.provider(p.provider)  # clients are built outside the loop
-    published: list[int] = []  # in Redis, to mark in the job's next write
+    unmarked = UnmarkedEvents(ctx.relay)
     try:
-        outcomes = ctx.run(_gather([_check(ctx, p, published) for p in prepared]))
+        outcomes = ctx.run(_gather([_check(ctx, p, unmarked) for p in prepared]))
     finally:
-        _mark_published(ctx, published)
+        unmarked.flush()
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     if failures:
         raise failures[0]
@@ -109,11 +109,8 @@ async def _gather(calls: list[Coroutine[Any, Any, T]]) -> list[T | BaseException
 
 
 async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any],
-                 published: list[int]) -> dict[str, Any]:
-    """Ask one shard's provider and apply its reply (raises when the provider failed).
-
-    ``published``: the job's events in Redis not yet marked so; applying marks them and
-    publishing adds to them."""
+                 unmarked: UnmarkedEvents) -> dict[str, Any]:
+    """Ask one shard's provider and apply its reply (raises when the provider failed)."""
     if not isinstance(shard, _Ready):
         return _finished(shard)
     replies: dict[str, StatusEntry | EntryError] = {}
@@ -124,7 +121,7 @@ async def _check(ctx: WorkerContext, shard: _Ready | dict[str, Any],
             _provider_failed(ctx, shard, exc)
             raise
         ctx.breaker.record_success(shard.provider)
-    return _finished(_apply(ctx, shard, replies, published))
+    return _finished(_apply(ctx, shard, replies, unmarked))
 
 
 def _prepare(ctx: WorkerContext, provider: str, token: str,
@@ -139,16 +136,19 @@ def _prepare(ctx: WorkerContext, provider: str, token: str,
 
 
 def _apply(ctx: WorkerContext, shard: _Ready, replies: dict[str, StatusEntry | EntryError],
-           published: list[int]) -> dict[str, Any]:
+           unmarked: UnmarkedEvents) -> dict[str, Any]:
+    """Apply a reply (marking the job's published events in the same transaction), then
+    publish its events."""
     settings = ctx.settings
+    marks = list(unmarked.ids)
     report = apply_observations(
         ctx.engine, shard.provider, list(shard.refs), replies, observed_at=shard.observed_at,
         decimals=settings.money_decimals, poll_interval=settings.poll_interval,
-        lease_token=shard.token, webhook=settings.webhooks_enabled, published=published)
-    published.clear()  # marked in that transaction
+        lease_token=shard.token, webhook=settings.webhooks_enabled, published=marks)
+    unmarked.marked(marks)
     ctx.metrics.count_applied(shard.provider, report)
     _log_changes(report.changes)
-    _publish(ctx, report.to_publish, published)
+    _publish(ctx, report.to_publish, unmarked)
     return {"provider": shard.provider, "checked": report.checked,
             "changed": len(report.changes), "no_answer": report.no_answer,
             "unknown": report.unknown, "report": report}
@@ -213,12 +213,8 @@ def _log_changes(changes: list[AppliedChange]) -> None:
             refund_log.info(refund_line(change))
 
 
-def _publish(ctx: WorkerContext, rows: list[Row], published: list[int]) -> None:
-    """Publish a committed reply's outbox rows; they are marked in the job's next write.
-
-    Marking them in a transaction of its own cost one write transaction per shard (on SQLite
-    every worker waits for the same write lock); until they are marked, a sweep or another
-    worker may publish them again, which the relay's script recognises."""
+def _publish(ctx: WorkerContext, rows: list[Row], unmarked: UnmarkedEvents) -> None:
+    """Publish a committed reply's outbox rows; they are marked later (workers.unmarked)."""
     if not rows:
         return
     try:
@@ -226,15 +222,4 @@ def _publish(ctx: WorkerContext, rows: list[Row], published: list[int]) -> None:
     except redis.RedisError as exc:
         log.warning("%d events left for the sweeper: %s", len(rows), exc)
         return
-    published.extend(row.id for row in rows)
-
-
-def _mark_published(ctx: WorkerContext, published: list[int]) -> None:
-    """At the end of a job: mark what its last writes did not (else the sweeper repeats it)."""
-    if not published:
-        return
-    try:
-        ctx.relay.mark_published(published)
-    except SQLAlchemyError as exc:  # they are in Redis: a repeat by the sweeper is harmless
-        log.warning("%d published events not marked (the sweeper repeats them): %s",
-                    len(published), exc)
+    unmarked.published([row.id for row in rows])
