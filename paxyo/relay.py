@@ -2,10 +2,12 @@
 
 After a transaction commits, its outbox rows are published: to the global stream the
 gateways read and to the user's bounded history that WebSocket resume replays from. A Lua
-script makes publishing idempotent: an event already in the user's history (or older than
-what the history has trimmed) is not added again, so a repeat by the sweeper after a crash
-between publish and mark is a no-op, recognisable by its id. Rows are marked published only
-after Redis accepted them; the sweeper picks up whatever a crash left behind.
+script makes publishing idempotent: a user's events reach Redis in ascending id order, so an
+event at or below the last id published for its user is not added again, and a repeat (by
+the sweeper after a crash between publish and mark, or by a worker publishing a later event
+of the same user before the earlier one is marked) is a no-op, recognisable by its id. Rows
+are marked published only after Redis accepted them; the sweeper picks up whatever a crash
+left behind.
 """
 
 from __future__ import annotations
@@ -33,22 +35,23 @@ log = logging.getLogger("paxyo.relay")
 # ARGV: outbox id, user id, created ms, payload, stream maxlen, history size, min created ms,
 #       history TTL in seconds (both history keys get it, as every publish refreshes them)
 # The floor is the highest id no longer replayable; when a history expired as a whole, every
-# id up to the last one published for that user is gone too.
+# id up to the last one published for that user is gone too. A user's events reach Redis in
+# ascending id order (see OutboxRelay.publish_ids), so an id at or below the last one published
+# for its user is a repeat: not the history-times set, which is trimmed by created time and so
+# may have dropped an id above the floor (a later id can carry an earlier time, or the same
+# millisecond, where members order as strings).
 _PUBLISH = """
 local id = tonumber(ARGV[1])
 local floor = tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0')
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  local last = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
-  if last > floor then
-    floor = last
-    redis.call('HSET', KEYS[4], ARGV[2], floor)
-  end
+local last = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
+if last > floor and redis.call('EXISTS', KEYS[3]) == 0 then
+  floor = last
+  redis.call('HSET', KEYS[4], ARGV[2], floor)
 end
-if id <= floor or redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+if id <= last or id <= floor or redis.call('ZSCORE', KEYS[3], ARGV[1]) then
   return 0
 end
-local last = tonumber(redis.call('HGET', KEYS[5], ARGV[2]) or '0')
-if id > last then redis.call('HSET', KEYS[5], ARGV[2], id) end
+redis.call('HSET', KEYS[5], ARGV[2], id)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'u', ARGV[2], 'i', ARGV[1],
            't', ARGV[3], 'd', ARGV[4])
 redis.call('ZADD', KEYS[2], id, ARGV[4])
