@@ -9,7 +9,9 @@ by making one function raise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -112,6 +114,22 @@ def guard_marks(monkeypatch, ctx) -> list[list[int]]:
 @pytest.fixture
 def any_settings(settings, any_database_url):
     return settings.with_overrides(database_url=any_database_url)
+
+
+@contextlib.contextmanager
+def job_of_two_shards(engine, settings, simulator) -> Iterator[tuple[object, int, list]]:
+    """A worker context, and two shards of 150 open orders of user 111 with one order each
+    cancelled at the provider; the seed's own events count as published. Yields the context,
+    the last outbox id before the job, and the shards."""
+    ctx = build_context(settings, process_metrics())
+    try:
+        seed(engine, 150)
+        before = mark_seed_published(engine)
+        shards = shards_of(engine)
+        cancel_one_per_shard(simulator, shards)
+        yield ctx, before, shards
+    finally:
+        ctx.close()
 
 
 def _db_down(*_args, **_kwargs):
@@ -248,12 +266,7 @@ def test_two_workers_interleaved_on_one_user_publish_each_event_once_in_id_order
 def test_redis_failing_after_the_apply_commits_loses_nothing_and_marks_nothing_unheld(
         any_engine, any_settings, simulator, monkeypatch, fail):
     monkeypatch.setattr("workers.unmarked.MARK_WITHIN", 60.0)
-    ctx = build_context(any_settings, process_metrics())
-    try:
-        seed(any_engine, 150)
-        before = mark_seed_published(any_engine)
-        shards = shards_of(any_engine)
-        cancel_one_per_shard(simulator, shards)
+    with job_of_two_shards(any_engine, any_settings, simulator) as (ctx, before, shards):
         assert len(shards) == 2
         guard_marks(monkeypatch, ctx)
         real = ctx.relay.publish_rows
@@ -282,8 +295,6 @@ def test_redis_failing_after_the_apply_commits_loses_nothing_and_marks_nothing_u
             assert stream_ids(ctx.redis, keys) == [r.id for r in rows]
             assert all(r.published_at is not None for r in outbox_rows(any_engine, before))
         all_published_once_in_order(ctx.redis, keys)
-    finally:
-        ctx.close()
 
 
 def _slow_second_check(monkeypatch, seconds: float) -> None:
@@ -303,12 +314,7 @@ def _slow_second_check(monkeypatch, seconds: float) -> None:
 def test_the_database_failing_in_the_timer_and_at_the_jobs_end_leaves_it_to_the_sweeper(
         any_engine, any_settings, simulator, monkeypatch):
     monkeypatch.setattr("workers.unmarked.MARK_WITHIN", 0.05)
-    ctx = build_context(any_settings, process_metrics())
-    try:
-        seed(any_engine, 150)
-        before = mark_seed_published(any_engine)
-        shards = shards_of(any_engine)
-        cancel_one_per_shard(simulator, shards)
+    with job_of_two_shards(any_engine, any_settings, simulator) as (ctx, before, shards):
         _slow_second_check(monkeypatch, 0.6)
         failed: list[list[int]] = []
 
@@ -330,8 +336,6 @@ def test_the_database_failing_in_the_timer_and_at_the_jobs_end_leaves_it_to_the_
         assert ctx.relay.sweep(older_than=0) == 2   # repeats: no-ops, then marked
         assert stream_ids(ctx.redis, keys) == [r.id for r in rows]
         assert all(r.published_at is not None for r in outbox_rows(any_engine, before))
-    finally:
-        ctx.close()
 
 
 def test_a_jobs_timer_cannot_fire_into_the_next_job_on_the_same_loop(
@@ -377,12 +381,7 @@ def test_a_jobs_timer_cannot_fire_into_the_next_job_on_the_same_loop(
 def test_an_apply_failing_after_an_earlier_shard_published_still_marks_that_shards_events(
         any_engine, any_settings, simulator, monkeypatch):
     monkeypatch.setattr("workers.unmarked.MARK_WITHIN", 60.0)
-    ctx = build_context(any_settings, process_metrics())
-    try:
-        seed(any_engine, 150)
-        before = mark_seed_published(any_engine)
-        shards = shards_of(any_engine)
-        cancel_one_per_shard(simulator, shards)
+    with job_of_two_shards(any_engine, any_settings, simulator) as (ctx, before, shards):
         guard_marks(monkeypatch, ctx)
         real = jobs.apply_observations
         passed: list[list[int]] = []
@@ -400,8 +399,6 @@ def test_an_apply_failing_after_an_earlier_shard_published_still_marks_that_shar
         assert len(rows) == 1 and passed == [[], [rows[0].id]]
         assert rows[0].published_at is not None        # marked at the job's end
         assert stream_ids(ctx.redis, ctx.relay.config.keys) == [rows[0].id]
-    finally:
-        ctx.close()
 
 
 def test_the_sweeper_running_between_every_step_repeats_nothing(
@@ -409,13 +406,8 @@ def test_the_sweeper_running_between_every_step_repeats_nothing(
     """The dispatcher's sweep (age 0) runs before and after every apply and publish of a
     two-shard job, marking rows the job has published and not yet marked."""
     monkeypatch.setattr("workers.unmarked.MARK_WITHIN", 60.0)
-    ctx = build_context(any_settings, process_metrics())
-    sweeper = build_context(any_settings, process_metrics())
-    try:
-        seed(any_engine, 150)
-        before = mark_seed_published(any_engine)
-        shards = shards_of(any_engine)
-        cancel_one_per_shard(simulator, shards)
+    with contextlib.closing(build_context(any_settings, process_metrics())) as sweeper, \
+            job_of_two_shards(any_engine, any_settings, simulator) as (ctx, before, shards):
         guard_marks(monkeypatch, ctx)
         real_apply, real_publish = jobs.apply_observations, jobs._publish
 
@@ -435,9 +427,6 @@ def test_the_sweeper_running_between_every_step_repeats_nothing(
         rows = outbox_rows(any_engine, before)
         assert len(rows) == 2 and all(r.published_at is not None for r in rows)
         assert stream_ids(ctx.redis, ctx.relay.config.keys) == [r.id for r in rows]
-    finally:
-        ctx.close()
-        sweeper.close()
 
 
 def test_unmarked_events_forget_only_what_an_apply_marked():
