@@ -36,10 +36,10 @@ log = logging.getLogger("paxyo.relay")
 #       history TTL in seconds (both history keys get it, as every publish refreshes them)
 # The floor is the highest id no longer replayable; when a history expired as a whole, every
 # id up to the last one published for that user is gone too. A user's events reach Redis in
-# ascending id order (see OutboxRelay.publish_ids), so an id at or below the last one published
-# for its user is a repeat: not the history-times set, which is trimmed by created time and so
-# may have dropped an id above the floor (a later id can carry an earlier time, or the same
-# millisecond, where members order as strings).
+# ascending id order (see paxyo.events.unpublished_rows), so an id at or below the last one
+# published for its user is a repeat; the floor and the history-times set hold only such ids.
+# (The times set is no test of a repeat: trimmed by created time, it may have dropped an id
+# above the floor, as a later id can carry an earlier time or share its millisecond.)
 _PUBLISH = """
 local id = tonumber(ARGV[1])
 local floor = tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0')
@@ -48,7 +48,7 @@ if last > floor and redis.call('EXISTS', KEYS[3]) == 0 then
   floor = last
   redis.call('HSET', KEYS[4], ARGV[2], floor)
 end
-if id <= last or id <= floor or redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+if id <= last then
   return 0
 end
 redis.call('HSET', KEYS[5], ARGV[2], id)
