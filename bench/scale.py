@@ -484,6 +484,17 @@ def progress_line(base: Snapshot, last: Snapshot, snap: Snapshot, done: float, d
             f"{(snap.busy - last.busy) / window:10.2f}")
 
 
+SETTINGS_SHOWN = ("autovacuum", "shared_buffers", "max_wal_size", "synchronous_commit")
+
+
+def server_settings(engine: sa.Engine) -> str:
+    """The server settings the figures depend on (autovacuum is off on some test machines)."""
+    with engine.connect() as conn:
+        values = [f"{name}={conn.exec_driver_sql(f'SHOW {name}').scalar()}"
+                  for name in SETTINGS_SHOWN]
+    return ", ".join(values)
+
+
 def run(args: argparse.Namespace, redis_url: str) -> None:
     count, interval = args.orders, float(args.poll_interval)
     duration = args.duration if args.duration is not None else interval + 60
@@ -493,6 +504,11 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
     print(f"database {name}; logs in {workdir}; {os.cpu_count()} CPUs (machine shared)",
           flush=True)
     engine = open_engine(url)
+    shown = server_settings(engine)
+    print(f"PostgreSQL settings: {shown}", flush=True)
+    if "autovacuum=off" in shown:
+        print("  autovacuum is off on this server: orders is never vacuumed during the run, "
+              "unlike on a server with PostgreSQL's defaults", flush=True)
     prefix = f"paxyoscale:{uuid.uuid4().hex[:8]}"
     procs: Processes | None = None
     first: FirstChecks | None = None
