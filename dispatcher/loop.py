@@ -23,6 +23,7 @@ from paxyo.keys import Keys
 from paxyo.relay import OutboxRelay, RelayConfig
 from paxyo.settings import Settings
 from paxyo.shard_policy import JOB_RETRIES, RETRY_INTERVALS, job_timeout, queued_lease_seconds
+from paxyo.store.server_settings import server_warnings
 
 log = logging.getLogger("paxyo.dispatcher")
 
@@ -114,6 +115,16 @@ def _describe(group: list[Shard]) -> str:
             f"in {len(group)} shard(s)")
 
 
+def log_server_warnings(engine: Engine) -> None:
+    """Log the database server's settings that slow every check (once, at start); a database
+    that is down now is the ticks' business, not this."""
+    try:
+        for warning in server_warnings(engine):
+            log.warning(warning)
+    except SQLAlchemyError as exc:
+        log.debug("database settings not read: %s", exc)
+
+
 def run_dispatcher(dispatcher: Dispatcher, *, stop: threading.Event | None = None) -> None:
     """Lead (or stand by) until SIGTERM, SIGINT or ``stop``; the caller built ``dispatcher``
     (its engine, Redis client and metrics) and disposes of them."""
@@ -123,6 +134,7 @@ def run_dispatcher(dispatcher: Dispatcher, *, stop: threading.Event | None = Non
     settings, metrics, client = dispatcher.settings, dispatcher.metrics, dispatcher.redis
     log.info("dispatcher %s started (poll interval %ss)", dispatcher.lock.identity[:8],
              settings.poll_interval)
+    log_server_warnings(dispatcher.engine)
     pusher = MetricsPusher(metrics.registry, client, dispatcher.keys, "dispatcher").start()
     serve_process_metrics(metrics.registry, settings.metrics_port)
     try:

@@ -123,6 +123,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from paxyo import ops
     from paxyo.store.engine import open_engine
     from paxyo.store.migrate import current_revision
+    from paxyo.store.server_settings import server_warnings
 
     engine = open_engine(settings.database_url)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
@@ -133,6 +134,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         db = ops.read_database_status(engine)
         print(ops.format_status(db, ops.read_redis_status(client, settings, db.open_orders)))
+        for warning in server_warnings(engine):
+            print(f"warning: {warning}")
     except (SQLAlchemyError, redis.RedisError) as exc:
         return _failed("paxyo status", exc)
     finally:
