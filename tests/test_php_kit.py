@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -301,6 +302,7 @@ def _receiver(php: str, params: dict[str, Any]) -> Iterator[str]:
     proc = subprocess.Popen(
         [php, "-S", f"127.0.0.1:{port}", str(RECEIVER)], cwd=RECEIVER.parent,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its workers are stopped with it, as a group
         env={**os.environ, "PHP_CLI_SERVER_WORKERS": "4", "PAXYO_WEBHOOK_SECRET": WEBHOOK_SECRET,
              "PAXYO_PANEL_DSN": _dsn(params), "PAXYO_PANEL_DB_USER": params["user"],
              "PAXYO_PANEL_DB_PASSWORD": params["password"]})
@@ -317,11 +319,12 @@ def _receiver(php: str, params: dict[str, Any]) -> Iterator[str]:
                 time.sleep(0.05)
         yield url
     finally:
-        proc.terminate()
+        # the server's forked workers outlive a parent stopped alone (each kept its port)
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
@@ -356,6 +359,9 @@ def test_receiver_applies_a_refund_once_however_often_it_arrives(
         assert _panel_state(panel_db)[0][111] == Decimal("22.00")
 
 
+LOCK_WAIT_POLL = 0.2  # seconds; InnoDB refreshes INNODB_TRX only after 0.1 s without a read
+
+
 def _lock_waits(params: dict[str, Any]) -> int:
     conn = pymysql.connect(**{**params, "database": "information_schema"})
     with conn.cursor() as cur:
@@ -386,7 +392,7 @@ def test_two_deliveries_of_one_event_at_once_credit_once(
             thread.start()
             deadline = time.monotonic() + WAIT
             while _lock_waits(panel_db) < len(waiting) + 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
+                time.sleep(LOCK_WAIT_POLL)  # polled faster, the table would never change
             waiting.append(_lock_waits(panel_db))
         holder.commit()
         holder.close()
