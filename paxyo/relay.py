@@ -2,10 +2,11 @@
 
 After a transaction commits, its outbox rows are published: to the global stream the
 gateways read and to the user's bounded history that WebSocket resume replays from. A Lua
-script makes publishing idempotent: a user's events reach Redis in ascending id order, so an
-event at or below the last id published for its user is not added again, and a repeat (by
-the sweeper after a crash between publish and mark, or by a worker publishing a later event
-of the same user before the earlier one is marked) is a no-op, recognisable by its id. Rows
+script makes publishing idempotent: an event already in the user's history (or below its
+floor) is not added again, so a repeat (by the sweeper after a crash between publish and mark,
+or by a worker publishing a later event of the same user before the earlier one is marked) is
+a no-op, recognisable by its id, and an earlier event that arrives after a later one is still
+added. Rows
 are marked published only after Redis accepted them; the sweeper picks up whatever a crash
 left behind.
 """
@@ -35,11 +36,14 @@ log = logging.getLogger("paxyo.relay")
 # ARGV: outbox id, user id, created ms, payload, stream maxlen, history size, min created ms,
 #       history TTL in seconds (both history keys get it, as every publish refreshes them)
 # The floor is the highest id no longer replayable; when a history expired as a whole, every
-# id up to the last one published for that user is gone too. A user's events reach Redis in
-# ascending id order (see paxyo.events.unpublished_rows), so an id at or below the last one
-# published for its user is a repeat; the floor and the history-times set hold only such ids.
-# (The times set is no test of a repeat: trimmed by created time, it may have dropped an id
-# above the floor, as a later id can carry an earlier time or share its millisecond.)
+# id up to the last one published for that user is gone too. An id above the last one
+# published for its user is new. One at or below it is a repeat when it is in the history or
+# at or below the floor (whatever leaves the history raises the floor past it); otherwise it
+# is an earlier event arriving after a later one, and is added (the history orders by id, so
+# a resuming client gets it in place; a connected one gets it late rather than never).
+# Publishers send a user's events in id order (paxyo.events.unpublished_rows), so that is
+# rare, but the fault campaign found one. (The times set is no test of a repeat: trimmed by
+# created time, it may drop an id above the floor, as a later id can carry an earlier time.)
 _PUBLISH = """
 local id = tonumber(ARGV[1])
 local floor = tonumber(redis.call('HGET', KEYS[4], ARGV[2]) or '0')
@@ -49,9 +53,12 @@ if last > floor and redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('HSET', KEYS[4], ARGV[2], floor)
 end
 if id <= last then
-  return 0
+  if id <= floor or redis.call('ZCOUNT', KEYS[2], id, id) > 0 then
+    return 0
+  end
+else
+  redis.call('HSET', KEYS[5], ARGV[2], id)
 end
-redis.call('HSET', KEYS[5], ARGV[2], id)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*', 'u', ARGV[2], 'i', ARGV[1],
            't', ARGV[3], 'd', ARGV[4])
 redis.call('ZADD', KEYS[2], id, ARGV[4])

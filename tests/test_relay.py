@@ -4,7 +4,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import redis
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from paxyo.accounts import deposit
 from paxyo.clock import utcnow
@@ -91,3 +91,32 @@ def test_publishing_after_redis_lost_its_scripts_loads_the_script_again(
     for key in (keys.history(111), keys.history_times(111)):  # refreshed by each publish
         assert 600 < client.ttl(key) <= 660
     assert relay.backlog() == 0
+
+
+def _rows(engine, ids):
+    with engine.connect() as conn:
+        return conn.execute(select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id)).all()
+
+
+def test_an_earlier_event_reaching_redis_after_a_later_one_is_added_not_dropped(
+        engine, redis_url, redis_prefix):
+    """Publishers send a user's events in id order, but should an earlier one ever arrive
+    after a later one (a fault campaign run once lost seven that way), it is still added:
+    to the stream and, in id order, to the history a resuming client replays; and a repeat of
+    it, or of anything below the floor, is still a no-op."""
+    events = [deposit(engine, 111, Decimal("1.00"), f"e{n}", 2).event for n in range(4)]
+    first, early, late, last = (e.outbox_id for e in events)
+    relay = relay_for(engine, redis_url, redis_prefix, history_size=3)
+    assert relay.publish_rows(_rows(engine, [first]), mark=False) == 1
+    assert relay.publish_rows(_rows(engine, [late]), mark=False) == 1  # `early` is skipped
+    assert relay.publish_rows(_rows(engine, [early]), mark=False) == 1  # ...and comes late
+    assert relay.publish_rows(_rows(engine, [first, early, late]), mark=False) == 0  # repeats
+    assert stream_ids(redis_url, redis_prefix) == [first, late, early]
+    client, keys = redis.Redis.from_url(redis_url), Keys(redis_prefix)
+    history = [int(s) for _, s in client.zrange(keys.history(111), 0, -1, withscores=True)]
+    assert history == [first, early, late]
+    assert int(client.hget(keys.history_last, "111")) == late  # the late one leaves it be
+    assert relay.publish_rows(_rows(engine, [last]), mark=False) == 1  # trims `first`
+    assert int(client.hget(keys.history_floor, "111")) == first
+    assert relay.publish_rows(_rows(engine, [first]), mark=False) == 0  # below the floor
+    assert stream_ids(redis_url, redis_prefix) == [first, late, early, last]
