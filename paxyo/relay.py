@@ -152,14 +152,18 @@ class OutboxRelay:
         return total
 
     def _run_script(self, calls: list[tuple[object, ...]]) -> list[object]:
-        """The publish script once per call (5 keys, then its arguments), in one pipeline.
+        """The publish script once per call (5 keys, then its arguments), in one MULTI/EXEC.
 
         By its SHA: redis-py's script objects ask Redis whether the script is loaded before
         every pipeline, a round trip per publish. Should Redis have lost it (a restart), it
-        is loaded again and the pipeline repeated, which the script makes harmless.
+        is loaded again and the calls repeated, which the script makes harmless. MULTI/EXEC
+        makes a missing script fail every call alike: in a plain pipeline another client's
+        SCRIPT LOAD could land between two calls, so that a user's later event went into
+        Redis first and the earlier ones, repeated, after it (found by
+        tests/test_publish_order_probe.py, on Redis 7, which forgets scripts on restart).
         """
         for attempt in range(2):
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.pipeline(transaction=True)
             for call in calls:
                 pipe.evalsha(self._sha, 5, *call)
             try:
