@@ -83,6 +83,7 @@ from paxyo.shard_policy import SHARD_SIZE  # noqa: E402
 from paxyo.store.engine import open_engine  # noqa: E402
 from paxyo.store.migrate import upgrade  # noqa: E402
 from paxyo.store.schema import orders  # noqa: E402
+from paxyo.store.server_settings import server_warnings  # noqa: E402
 
 PROGRESS_EVERY = 15.0
 PROBE_EVERY = 4  # progress lines between two timings of the planner's read queries
@@ -504,11 +505,9 @@ def run(args: argparse.Namespace, redis_url: str) -> None:
     print(f"database {name}; logs in {workdir}; {os.cpu_count()} CPUs (machine shared)",
           flush=True)
     engine = open_engine(url)
-    shown = server_settings(engine)
-    print(f"PostgreSQL settings: {shown}", flush=True)
-    if "autovacuum=off" in shown:
-        print("  autovacuum is off on this server: orders is never vacuumed during the run, "
-              "unlike on a server with PostgreSQL's defaults", flush=True)
+    print(f"PostgreSQL settings: {server_settings(engine)}", flush=True)
+    for warning in server_warnings(engine):  # what paxyo status would say of this server
+        print(f"  {warning}", flush=True)
     prefix = f"paxyoscale:{uuid.uuid4().hex[:8]}"
     procs: Processes | None = None
     first: FirstChecks | None = None

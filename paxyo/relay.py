@@ -6,9 +6,8 @@ script makes publishing idempotent: an event already in the user's history (or b
 floor) is not added again, so a repeat (by the sweeper after a crash between publish and mark,
 or by a worker publishing a later event of the same user before the earlier one is marked) is
 a no-op, recognisable by its id, and an earlier event that arrives after a later one is still
-added. Rows
-are marked published only after Redis accepted them; the sweeper picks up whatever a crash
-left behind.
+added. Rows are marked published only after Redis accepted them; the sweeper picks up whatever
+a crash left behind.
 """
 
 from __future__ import annotations
@@ -160,7 +159,7 @@ class OutboxRelay:
         makes a missing script fail every call alike: in a plain pipeline another client's
         SCRIPT LOAD could land between two calls, so that a user's later event went into
         Redis first and the earlier ones, repeated, after it (found by
-        tests/test_publish_order_probe.py, on Redis 7, which forgets scripts on restart).
+        tests/test_relay_restart_order.py, on Redis 7, which forgets scripts on restart).
         """
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=True)
